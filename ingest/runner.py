@@ -1,0 +1,327 @@
+"""Files -> pages -> embeddings -> Qdrant, incrementally and resumably.
+
+Rendering runs in a background thread, a bounded queue ahead of embedding, so the CPU renders
+the next pages while the model embeds the current batch. A document becomes 'done' in the
+manifest only after all its pages are upserted and the index is flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from ingest.discover import SourceFile, describe_content, discover, file_sha256, sniff_kind
+from ingest.manifest import Manifest, now
+from ingest.render import RenderError, RenderedPage, inspect, iter_pages
+from rag.index.base import PageIndex
+from rag.types import IngestReport, PageEmbedding, PageRecord
+
+log = logging.getLogger(__name__)
+
+
+class PageEmbedder(Protocol):
+    def embed_pages(self, images: Sequence[Image.Image]) -> list[PageEmbedding]: ...
+
+
+@dataclass
+class Progress:
+    """What a progress bar needs; passed to the callback after every change."""
+
+    files_total: int = 0
+    files_done: int = 0
+    pages_total: int = 0
+    pages_done: int = 0
+    current: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pages_per_second(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.pages_done / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class _Job:
+    files: list[SourceFile]  # first one is the document's source; the rest have identical bytes
+    doc_id: str
+    kind: str
+    title: str
+    pages: int
+    size: int
+    tags: tuple[str, ...]
+    stored: frozenset[int] = frozenset()  # pages already in the index from an interrupted run
+    failed: bool = False
+
+
+@dataclass
+class _Page:
+    job: _Job
+    page: RenderedPage
+    image_path: Path
+
+
+_END = object()
+
+
+def page_image_dir(images_dir: Path, doc_id: str) -> Path:
+    return images_dir / doc_id[:2] / doc_id
+
+
+class IngestRunner:
+    def __init__(
+        self,
+        manifest: Manifest,
+        index: PageIndex,
+        embedder: Callable[[], PageEmbedder],
+        *,
+        images_dir: Path,
+        renderer: str = "pypdfium2",
+        dpi: int = 144,
+        batch_size: int = 4,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.index = index
+        self._embedder_factory = embedder  # called only when something needs embedding
+        self.images_dir = images_dir
+        self.renderer = renderer
+        self.dpi = dpi
+        self.batch_size = batch_size
+        self._notify = on_progress or (lambda _p: None)
+
+    # -- planning -------------------------------------------------------------------------
+    def run(
+        self, paths: Iterable[Path], tags: Sequence[str] = (), *, sources: dict[Path, str] | None = None
+    ) -> IngestReport:
+        """Ingest files and folders. `sources` overrides the display name of given files
+        (uploads keep the name the user gave, not the temporary path)."""
+        started = time.monotonic()
+        report = IngestReport()
+        files, missing = discover(paths)
+        if sources:
+            files = [SourceFile(f.path, sources.get(f.path, f.source)) for f in files]
+        report.failed.extend(missing)
+        progress = Progress(files_total=len(files))
+        jobs: dict[str, _Job] = {}
+        for file in files:
+            progress.current = file.source
+            self._plan(file, tuple(sorted(set(tags))), jobs, report)
+            progress.files_done += 1
+            self._notify(progress)
+        todo = list(jobs.values())
+        progress.files_done = progress.files_total - sum(len(j.files) for j in todo)
+        progress.pages_total = sum(j.pages for j in todo)
+        if todo:
+            self._execute(todo, report, progress)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _plan(
+        self, file: SourceFile, tags: tuple[str, ...], jobs: dict[str, _Job], report: IngestReport
+    ) -> None:
+        try:
+            doc_id, head = file_sha256(file.path)
+        except OSError as exc:
+            self._fail(file, f"cannot read the file ({exc.strerror or exc})", report)
+            return
+        if doc_id in jobs:  # same bytes as a file earlier in this run
+            jobs[doc_id].files.append(file)
+            return
+        row = self.manifest.document(doc_id)
+        if row is not None and row.state == "done":
+            self._link(file, doc_id)
+            report.skipped_documents += 1
+            return
+        kind = sniff_kind(head)
+        if kind is None:
+            self._fail(file, describe_content(head), report)
+            return
+        try:
+            opened = inspect(file.path, kind)
+        except RenderError as exc:
+            self._fail(file, str(exc), report)
+            return
+        jobs[doc_id] = _Job(
+            [file], doc_id, kind, opened.title, opened.pages, file.path.stat().st_size, tags
+        )
+
+    # -- execution ------------------------------------------------------------------------
+    def _execute(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:
+        # Manifest and index are touched from this thread only; the producer just renders.
+        for job in jobs:
+            self.manifest.begin(
+                job.doc_id, title=job.title, pages=job.pages, size=job.size, kind=job.kind,
+                tags=job.tags,
+            )
+            job.stored = frozenset(self.index.page_ids(job.doc_id))
+            progress.pages_total -= len(job.stored)
+        embedder = self._embedder_factory()
+        pages: queue.Queue[object] = queue.Queue(maxsize=max(2 * self.batch_size, 4))
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._render_all, args=(jobs, pages, stop), name="pagerag-render", daemon=True
+        )
+        producer.start()
+        batch: list[_Page] = []
+        ended: list[_Job] = []
+        try:
+            while (item := pages.get()) is not _END:
+                if isinstance(item, _Page):
+                    if not item.job.failed:
+                        batch.append(item)
+                elif isinstance(item, tuple):  # (job, error) from the renderer
+                    job, error = item
+                    batch = [p for p in batch if p.job is not job]
+                    self._abort(job, error, report)
+                else:
+                    assert isinstance(item, _Job)
+                    ended.append(item)
+                if len(batch) >= self.batch_size or (ended and not batch):
+                    self._drain(batch, ended, embedder, report, progress)
+                    batch, ended = [], []
+            self._drain(batch, ended, embedder, report, progress)
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    pages.get_nowait()
+                except queue.Empty:
+                    producer.join(0.05)
+
+    def _drain(
+        self,
+        batch: list[_Page],
+        ended: list[_Job],
+        embedder: PageEmbedder,
+        report: IngestReport,
+        progress: Progress,
+    ) -> None:
+        """Embed and store the batch, then finish the documents whose pages are all stored."""
+        self._store(batch, embedder, report)
+        for job in ended:
+            if not job.failed:
+                self._finish(job, report)
+            progress.files_done += len(job.files)
+            progress.current = job.files[0].source
+        progress.pages_done = report.indexed_pages
+        self._notify(progress)
+
+    def _render_all(self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event) -> None:
+        def put(item: object) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            for job in jobs:
+                if stop.is_set():
+                    return
+                folder = page_image_dir(self.images_dir, job.doc_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                try:
+                    for page in iter_pages(
+                        job.files[0].path, job.kind, renderer=self.renderer, dpi=self.dpi, skip=set(job.stored)
+                    ):
+                        image_path = folder / f"p{page.number:04d}.png"
+                        page.image.save(image_path, format="PNG", compress_level=3)
+                        put(_Page(job, page, image_path))
+                except RenderError as exc:
+                    put((job, str(exc)))
+                    continue
+                except Exception as exc:  # a renderer bug must not stop the other files
+                    log.exception("rendering %s failed", job.files[0].path)
+                    put((job, f"rendering failed ({type(exc).__name__}: {exc})"))
+                    continue
+                put(job)
+        finally:
+            put(_END)
+
+    def _store(self, batch: list[_Page], embedder: PageEmbedder, report: IngestReport) -> None:
+        if not batch:
+            return
+        try:
+            embeddings = embedder.embed_pages([p.page.image for p in batch])
+            records = [self._record(p, e) for p, e in zip(batch, embeddings, strict=True)]
+            self.index.upsert(records, embeddings)
+        except Exception as exc:
+            log.exception("embedding or storing a batch failed")
+            for job in {id(p.job): p.job for p in batch}.values():
+                self._abort(job, f"embedding or storing failed ({type(exc).__name__}: {exc})", report)
+            return
+        report.indexed_pages += len(batch)
+
+    def _record(self, p: _Page, emb: PageEmbedding) -> PageRecord:
+        job = p.job
+        return PageRecord(
+            doc_id=job.doc_id,
+            page=p.page.number,
+            pages=job.pages,
+            source=job.files[0].source,
+            title=job.title,
+            image=str(p.image_path),
+            width=p.page.image.width,
+            height=p.page.image.height,
+            grid=emb.grid,
+            image_offset=emb.image_offset,
+            text=p.page.text,
+            tags=job.tags,
+            sources=tuple(dict.fromkeys([f.source for f in job.files])),
+            ingested_at=now(),
+        )
+
+    def _finish(self, job: _Job, report: IngestReport) -> None:
+        stored = self.index.page_ids(job.doc_id)
+        if len(stored) != job.pages:
+            self._abort(job, f"only {len(stored)} of {job.pages} pages were stored", report)
+            return
+        self.index.flush()  # durable before the manifest says 'done'
+        self.manifest.finish(job.doc_id)
+        for file in job.files:
+            self._link(file, job.doc_id)
+        report.indexed_documents += 1
+        report.skipped_documents += len(job.files) - 1  # identical copies are stored once
+
+    def _abort(self, job: _Job, error: str, report: IngestReport) -> None:
+        """Nothing is kept of a document that failed part-way."""
+        job.failed = True
+        self.remove(job.doc_id)
+        for file in job.files:
+            self._fail(file, error, report)
+
+    def _fail(self, file: SourceFile, error: str, report: IngestReport) -> None:
+        report.failed.append({"source": file.source, "error": error})
+        self.manifest.record_failure(str(file.path), file.source, error)
+
+    # -- sources and removal --------------------------------------------------------------
+    def _link(self, file: SourceFile, doc_id: str) -> None:
+        """Record `file` as a path of `doc_id`; a changed file's old version goes away."""
+        before = self.manifest.sources(doc_id)
+        previous = self.manifest.link(str(file.path), file.source, doc_id)
+        after = self.manifest.sources(doc_id)
+        if after != before:
+            self.index.set_sources(doc_id, after[0], after)
+        if previous is not None:
+            if self.manifest.is_orphan(previous):
+                self.remove(previous)
+            else:
+                remaining = self.manifest.sources(previous)
+                self.index.set_sources(previous, remaining[0], remaining)
+
+    def remove(self, doc_id: str) -> None:
+        """Delete a document's points, page images and manifest rows."""
+        self.index.delete_document(doc_id)
+        self.index.flush()
+        shutil.rmtree(page_image_dir(self.images_dir, doc_id), ignore_errors=True)
+        self.manifest.remove_document(doc_id)

@@ -1,0 +1,85 @@
+"""The `PageIndex` protocol both Qdrant adapters implement, and the index metadata check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
+
+SCHEMA_VERSION = 1
+
+
+class IndexMismatchError(RuntimeError):
+    """The index on disk was built with other settings than the ones in force."""
+
+
+class PageIndex(Protocol):
+    """One point per page: full multivector for exact MaxSim, pooled vectors for the prefetch."""
+
+    backend: str  # "qdrant-edge" or "qdrant-server"
+
+    def read_meta(self) -> dict[str, Any] | None: ...
+
+    def write_meta(self, meta: dict[str, Any]) -> None: ...
+
+    def upsert(self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
+        """Insert or replace pages (ids are deterministic, so repeating this is harmless)."""
+        ...
+
+    def search(
+        self, query: np.ndarray, k: int, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        """Two-stage: pooled prefetch, exact MaxSim rerank. Exact when pages <= prefetch limit."""
+        ...
+
+    def search_exact(
+        self, query: np.ndarray, k: int, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        """Exact MaxSim over every page matching `flt` (the baseline for tests and benchmarks)."""
+        ...
+
+    def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
+        """Update the paths a document is known under (same content seen under another name)."""
+        ...
+
+    def delete_document(self, doc_id: str) -> None: ...
+
+    def count(self, flt: SearchFilter | None = None) -> int: ...
+
+    def page_ids(self, doc_id: str) -> list[int]:
+        """Page numbers stored for a document (used to check completeness)."""
+        ...
+
+    def page_vectors(self, doc_id: str, page: int) -> np.ndarray | None:
+        """The stored multivector of one page (float32), for similarity maps."""
+        ...
+
+    def bytes_on_disk(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_meta(index: PageIndex, expected: dict[str, Any]) -> None:
+    """Write `expected` into a new index; refuse to open one built with other settings."""
+    found = index.read_meta()
+    if found is None:
+        index.write_meta(expected)
+        return
+    diffs = {
+        key: (found.get(key), value)
+        for key, value in expected.items()
+        if found.get(key) != value
+    }
+    if diffs:
+        lines = ", ".join(f"{k}: index has {a!r}, settings say {b!r}" for k, (a, b) in diffs.items())
+        raise IndexMismatchError(
+            f"The index was built with other settings ({lines}). Either restore the settings "
+            "it was built with, or re-index: point PAGERAG_DATA_DIR (or PAGERAG_QDRANT_COLLECTION"
+            " for a Qdrant server) at a new location and run `pagerag ingest` again, or run "
+            "`pagerag reset` to delete this index first."
+        )

@@ -1,0 +1,82 @@
+"""Plain value types shared by the service, the index, the CLI, the API and the UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PageEmbedding:
+    """One page's ColQwen2 multivector and where its image tokens sit in it."""
+
+    vectors: np.ndarray  # (n_tokens, dim) float32, unit rows, padding removed
+    grid: tuple[int, int]  # (rows, cols) of the merged patch grid
+    image_offset: int  # index of the first image token in `vectors`
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """Everything stored about one page besides its vectors (becomes the Qdrant payload)."""
+
+    doc_id: str  # SHA-256 of the file bytes
+    page: int  # 1-based
+    pages: int
+    source: str  # path relative to the ingested root, or the upload name
+    title: str
+    image: str  # path of the rendered page image on disk
+    width: int
+    height: int
+    grid: tuple[int, int]
+    image_offset: int
+    text: str = ""
+    tags: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # every path this content was seen under (source included)
+    ingested_at: str = ""
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restricts a search. Empty fields mean no restriction; all given fields must hold."""
+
+    doc_ids: tuple[str, ...] = ()
+    source_prefix: str | None = None  # whole path components: "reports/2015" matches below it
+    tags: tuple[str, ...] = ()  # a page matches when it has any of these tags
+
+    def is_empty(self) -> bool:
+        return not (self.doc_ids or self.source_prefix or self.tags)
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    source: str
+    page: int
+    score: float
+    image: str
+    title: str = ""
+    text: str = ""
+    grid: tuple[int, int] = (0, 0)
+    image_offset: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    doc_id: str
+    source: str
+    title: str
+    pages: int
+    sources: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    ingested_at: str = ""
+    bytes: int = 0
+
+
+@dataclass
+class IngestReport:
+    indexed_documents: int = 0
+    indexed_pages: int = 0
+    skipped_documents: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)  # {source, error}
+    seconds: float = 0.0
