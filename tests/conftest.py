@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -10,9 +11,12 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
+
+if TYPE_CHECKING:
+    from rag.models.retriever import Retriever
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -23,3 +27,44 @@ def corpus() -> Path:
     if not (CORPUS / "MANIFEST.tsv").is_file():
         pytest.skip(f"the shared corpus is not at {CORPUS}")
     return CORPUS
+
+
+# Tiny random ColQwen2 models (tests/tiny_models.py), built once per session: building and
+# loading them, imports included, takes seconds on a CPU.
+
+
+@pytest.fixture(scope="session")
+def tiny_colqwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ColQwen2 checkpoint with its processor, as `save_pretrained` writes it."""
+    from tests.tiny_models import build_tiny_colqwen
+
+    return build_tiny_colqwen(tmp_path_factory.mktemp("tiny-colqwen"))
+
+
+@pytest.fixture(scope="session")
+def tiny_colqwen_adapter_dir(
+    tiny_colqwen_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A LoRA adapter (non-zero) over `tiny_colqwen_dir`, laid out like vidore/colqwen2-v1.0."""
+    from tests.tiny_models import build_tiny_colqwen_adapter
+
+    return build_tiny_colqwen_adapter(
+        tiny_colqwen_dir, tmp_path_factory.mktemp("tiny-colqwen-lora")
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_retriever(tiny_colqwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Retriever:
+    """`Retriever.load` on `tiny_colqwen_dir`, CPU float32."""
+    from rag.config import Settings
+    from rag.models.retriever import Retriever
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("tiny-retriever-data"),
+        retriever_model=str(tiny_colqwen_dir),
+        device="cpu",
+        dtype="float32",
+        batch_size=2,
+        max_visual_tokens=32,
+    )
+    return Retriever.load(settings)

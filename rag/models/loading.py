@@ -1,0 +1,124 @@
+"""Where a model's files come from: a local directory, or a Hugging Face Hub id fetched once.
+
+Every failure to find the files becomes a `ModelLoadError` that names the model tried and the
+setting that fixes it, so the CLI, API and UI can show it as is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Enough to load weights, config, tokenizer and processor; never pickles (*.bin) nor other formats.
+HUB_FILE_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken")
+CONFIG_FILE = "config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says which setting to change."""
+
+    def __init__(self, message: str, *, model_id: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.model_id = model_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model's files, on local disk."""
+
+    model_id: str  # as configured: a Hub id or a local path
+    path: Path  # local directory holding the files
+    revision: str | None  # commit hash when fetched from the Hub, else the configured revision
+
+    @property
+    def is_adapter(self) -> bool:
+        """A PEFT adapter without its own full config: the weights come from its base model."""
+        return (self.path / ADAPTER_CONFIG_FILE).is_file() and not (
+            self.path / CONFIG_FILE
+        ).is_file()
+
+    def adapter_config(self) -> dict[str, Any]:
+        return json.loads((self.path / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def load_error(model_id: str, reason: str, *, setting: str, kind: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"Cannot load the {kind} model '{model_id}': {reason}. Set {setting} to a local "
+        f"directory containing a {kind} checkpoint, or connect to the internet once so it "
+        "can be downloaded from the Hugging Face Hub.",
+        model_id=model_id,
+        reason=reason,
+    )
+
+
+def _looks_like_path(model_id: str) -> bool:
+    # "org/name" is a Hub id unless it exists on disk; anything else path-shaped is a path.
+    return (
+        Path(model_id).is_absolute()
+        or model_id.startswith((".", "~"))
+        or "\\" in model_id
+        or model_id.count("/") > 1
+    )
+
+
+def resolve_model_source(
+    model_id: str, revision: str | None = None, *, setting: str, kind: str
+) -> ModelSource:
+    """Find `model_id` on disk, downloading it from the Hub (or using the Hub cache) if needed.
+
+    `setting` is the environment variable that chose the model (named in errors), `kind` a short
+    description such as "ColQwen2".
+    """
+    local = Path(model_id).expanduser()
+    if local.exists() or _looks_like_path(model_id):
+        if not local.is_dir():
+            raise load_error(
+                model_id, f"the local directory {local} does not exist", setting=setting, kind=kind
+            )
+        source = ModelSource(model_id=model_id, path=local.resolve(), revision=revision)
+    else:
+        source = _from_hub(model_id, revision, setting=setting, kind=kind)
+    if (
+        not (source.path / CONFIG_FILE).is_file()
+        and not (source.path / ADAPTER_CONFIG_FILE).is_file()
+    ):
+        raise load_error(
+            model_id,
+            f"{source.path} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}",
+            setting=setting,
+            kind=kind,
+        )
+    return source
+
+
+def _from_hub(model_id: str, revision: str | None, *, setting: str, kind: str) -> ModelSource:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError as exc:
+        reason = "it is neither an existing local directory nor a Hugging Face Hub id"
+        raise load_error(model_id, reason, setting=setting, kind=kind) from exc
+    try:
+        path = snapshot_download(model_id, revision=revision, allow_patterns=[*HUB_FILE_PATTERNS])
+    except Exception as exc:  # offline, unreachable, not found, gated: one fix for all
+        lines = str(exc).strip().splitlines()
+        detail = lines[0].removeprefix("Got: ") if lines else type(exc).__name__
+        if isinstance(exc, LocalEntryNotFoundError):  # not cached, and no way to fetch it
+            cause = (
+                "HF_HUB_OFFLINE is set"
+                if constants.HF_HUB_OFFLINE
+                else f"the Hub cannot be reached ({detail})"
+            )
+            reason = f"{cause} and it is not in the Hugging Face cache"
+        else:
+            reason = f"{type(exc).__name__}: {detail}"
+        raise load_error(model_id, reason, setting=setting, kind=kind) from exc
+    # The cache lays snapshots out as .../snapshots/<commit hash>.
+    return ModelSource(model_id=model_id, path=Path(path), revision=Path(path).name)
