@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format clean system-deps
+.PHONY: setup test lint format clean system-deps ingest
 
 setup: $(STAMP)
 
@@ -36,3 +36,8 @@ format: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The main job for now: ingest a folder (`make ingest DOCS=~/reports`).
+ingest: setup
+	@test -n "$(DOCS)" || { echo "usage: make ingest DOCS=path/to/pdfs"; exit 2; }
+	$(VENV)/bin/pagerag ingest "$(DOCS)"

@@ -32,7 +32,9 @@ def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[dict[str, st
             for file in sorted(root.rglob("*")):
                 if file.is_file() and file.suffix.lower() in EXTENSIONS:
                     resolved = file.resolve()
-                    found.setdefault(resolved, SourceFile(resolved, file.relative_to(root).as_posix()))
+                    found.setdefault(
+                        resolved, SourceFile(resolved, file.relative_to(root).as_posix())
+                    )
         elif path.is_file():
             resolved = path.resolve()
             found.setdefault(resolved, SourceFile(resolved, path.name))

@@ -91,7 +91,8 @@ class Manifest:
         """Record a document as pending before its first page is stored."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO documents (doc_id, state, title, pages, bytes, kind, tags, ingested_at)"
+                "INSERT INTO documents"
+                " (doc_id, state, title, pages, bytes, kind, tags, ingested_at)"
                 " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET"
                 " title = excluded.title, pages = excluded.pages, tags = excluded.tags",
                 (doc_id, title, pages, size, kind, json.dumps(sorted(tags)), now()),
@@ -110,7 +111,9 @@ class Manifest:
             db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
 
     def pending(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT doc_id FROM documents WHERE state = 'pending'")]
+        return [
+            r[0] for r in self._db.execute("SELECT doc_id FROM documents WHERE state = 'pending'")
+        ]
 
     def documents(self) -> list[DocumentInfo]:
         rows = self._db.execute(

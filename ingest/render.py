@@ -75,7 +75,12 @@ def _load_image(path: Path) -> Image.Image:
 
 
 def iter_pages(
-    path: Path, kind: str, *, renderer: str = "pypdfium2", dpi: int = 144, skip: set[int] | None = None
+    path: Path,
+    kind: str,
+    *,
+    renderer: str = "pypdfium2",
+    dpi: int = 144,
+    skip: set[int] | None = None,
 ) -> Iterator[RenderedPage]:
     """Render pages one at a time (bounded memory), skipping the page numbers in `skip`."""
     skip = skip or set()
@@ -84,7 +89,9 @@ def iter_pages(
             yield RenderedPage(1, _load_image(path), "")
         return
     if renderer not in RENDERERS:
-        raise RenderError(f"unknown renderer {renderer!r}; set PAGERAG_RENDERER to one of {RENDERERS}")
+        raise RenderError(
+            f"unknown renderer {renderer!r}; set PAGERAG_RENDERER to one of {RENDERERS}"
+        )
     pdf = open_pdf(path)
     try:
         for index in range(len(pdf)):

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ingest.discover import SourceFile, describe_content, discover, file_sha256, sniff_kind
 from ingest.manifest import Manifest, now
-from ingest.render import RenderError, RenderedPage, inspect, iter_pages
+from ingest.render import RenderedPage, RenderError, inspect, iter_pages
 from rag.index.base import PageIndex
 from rag.types import IngestReport, PageEmbedding, PageRecord
 
@@ -100,7 +100,11 @@ class IngestRunner:
 
     # -- planning -------------------------------------------------------------------------
     def run(
-        self, paths: Iterable[Path], tags: Sequence[str] = (), *, sources: dict[Path, str] | None = None
+        self,
+        paths: Iterable[Path],
+        tags: Sequence[str] = (),
+        *,
+        sources: dict[Path, str] | None = None,
     ) -> IngestReport:
         """Ingest files and folders. `sources` overrides the display name of given files
         (uploads keep the name the user gave, not the temporary path)."""
@@ -159,7 +163,11 @@ class IngestRunner:
         # Manifest and index are touched from this thread only; the producer just renders.
         for job in jobs:
             self.manifest.begin(
-                job.doc_id, title=job.title, pages=job.pages, size=job.size, kind=job.kind,
+                job.doc_id,
+                title=job.title,
+                pages=job.pages,
+                size=job.size,
+                kind=job.kind,
                 tags=job.tags,
             )
             job.stored = frozenset(self.index.page_ids(job.doc_id))
@@ -215,7 +223,9 @@ class IngestRunner:
         progress.pages_done = report.indexed_pages
         self._notify(progress)
 
-    def _render_all(self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event) -> None:
+    def _render_all(
+        self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event
+    ) -> None:
         def put(item: object) -> None:
             while not stop.is_set():
                 try:
@@ -232,7 +242,11 @@ class IngestRunner:
                 folder.mkdir(parents=True, exist_ok=True)
                 try:
                     for page in iter_pages(
-                        job.files[0].path, job.kind, renderer=self.renderer, dpi=self.dpi, skip=set(job.stored)
+                        job.files[0].path,
+                        job.kind,
+                        renderer=self.renderer,
+                        dpi=self.dpi,
+                        skip=set(job.stored),
                     ):
                         image_path = folder / f"p{page.number:04d}.png"
                         page.image.save(image_path, format="PNG", compress_level=3)
@@ -258,7 +272,9 @@ class IngestRunner:
         except Exception as exc:
             log.exception("embedding or storing a batch failed")
             for job in {id(p.job): p.job for p in batch}.values():
-                self._abort(job, f"embedding or storing failed ({type(exc).__name__}: {exc})", report)
+                self._abort(
+                    job, f"embedding or storing failed ({type(exc).__name__}: {exc})", report
+                )
             return
         report.indexed_pages += len(batch)
 

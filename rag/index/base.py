@@ -29,15 +29,14 @@ class PageIndex(Protocol):
         """Insert or replace pages (ids are deterministic, so repeating this is harmless)."""
         ...
 
-    def search(
-        self, query: np.ndarray, k: int, flt: SearchFilter | None = None
-    ) -> list[Hit]:
-        """Two-stage: pooled prefetch, exact MaxSim rerank. Exact when pages <= prefetch limit."""
+    def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """Two-stage: pooled prefetch, exact MaxSim rerank (both under `flt`).
+
+        Equal to `search_exact` whenever no more pages match `flt` than the prefetch limit.
+        """
         ...
 
-    def search_exact(
-        self, query: np.ndarray, k: int, flt: SearchFilter | None = None
-    ) -> list[Hit]:
+    def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         """Exact MaxSim over every page matching `flt` (the baseline for tests and benchmarks)."""
         ...
 
@@ -71,12 +70,12 @@ def check_meta(index: PageIndex, expected: dict[str, Any]) -> None:
         index.write_meta(expected)
         return
     diffs = {
-        key: (found.get(key), value)
-        for key, value in expected.items()
-        if found.get(key) != value
+        key: (found.get(key), value) for key, value in expected.items() if found.get(key) != value
     }
     if diffs:
-        lines = ", ".join(f"{k}: index has {a!r}, settings say {b!r}" for k, (a, b) in diffs.items())
+        lines = ", ".join(
+            f"{k}: index has {a!r}, settings say {b!r}" for k, (a, b) in diffs.items()
+        )
         raise IndexMismatchError(
             f"The index was built with other settings ({lines}). Either restore the settings "
             "it was built with, or re-index: point PAGERAG_DATA_DIR (or PAGERAG_QDRANT_COLLECTION"

@@ -13,7 +13,11 @@ def test_document_lifecycle_and_sources(tmp_path: Path) -> None:
     assert m.link("/y/copy.pdf", "copy.pdf", "abc") is None
     [info] = m.documents()
     assert (info.doc_id, info.pages, info.source, info.sources, info.tags) == (
-        "abc", 3, "a.pdf", ("a.pdf", "copy.pdf"), ("a", "b")
+        "abc",
+        3,
+        "a.pdf",
+        ("a.pdf", "copy.pdf"),
+        ("a", "b"),
     )
     # The same path now holds other bytes: the link moves and reports the old document.
     m.begin("def", title="T2", pages=1, size=5, kind="pdf", tags=())

@@ -1,0 +1,35 @@
+"""Page index: the `PageIndex` protocol, its Qdrant Edge and Qdrant server adapters, a factory."""
+
+from __future__ import annotations
+
+from rag.config import Settings
+from rag.index.base import SCHEMA_VERSION, IndexMismatchError, PageIndex, check_meta
+from rag.index.edge import EdgeIndex
+from rag.index.schema import point_id
+from rag.index.server import ServerIndex
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EdgeIndex",
+    "IndexMismatchError",
+    "PageIndex",
+    "ServerIndex",
+    "check_meta",
+    "open_index",
+    "point_id",
+]
+
+
+def open_index(settings: Settings) -> PageIndex:
+    """Qdrant Edge in `settings.index_dir`, or the Qdrant server at `settings.qdrant_url`."""
+    if settings.qdrant_url:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return ServerIndex.connect(
+            settings.qdrant_url,
+            api_key=api_key,
+            collection=settings.qdrant_collection,
+            prefetch_limit=settings.prefetch_limit,
+            shard_number=settings.qdrant_shards,
+            replication_factor=settings.qdrant_replicas,
+        )
+    return EdgeIndex(settings.index_dir, prefetch_limit=settings.prefetch_limit)

@@ -1,0 +1,184 @@
+"""What both Qdrant adapters store: point ids, vector names, payload fields and filters.
+
+Everything here is backend-neutral (plain Python and numpy); `edge.py` and `server.py` turn it
+into their own library's objects, so the two backends cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
+
+# Fixed forever: changing it would give every page a new id and break idempotent re-ingestion.
+NAMESPACE = uuid.UUID("944471db-b43b-4c30-a808-6809f0deb56c")
+
+DIM = 128  # ColQwen2's projection size
+COLQWEN = "colqwen"  # full multivector: MaxSim, float16, no HNSW (exact rerank only)
+MEAN = "mean"  # mean-pooled page vector with HNSW: the prefetch
+
+# Payload indexes: field -> "keyword" | "integer".
+PAYLOAD_INDEXES = {
+    "doc_id": "keyword",
+    "source": "keyword",
+    "paths": "keyword",
+    "tags": "keyword",
+    "page": "integer",
+}
+
+# (payload key, values): a point matches when the key holds any of the values. A filter is a
+# list of these, all of which must hold; each adapter builds its own condition objects from it.
+Condition = tuple[str, list[str]]
+
+
+def point_id(doc_id: str, page: int) -> str:
+    """Deterministic id of one page, so re-ingesting the same file overwrites its points."""
+    return str(uuid.uuid5(NAMESPACE, f"{doc_id}:{page}"))
+
+
+def normalize_path(path: str) -> str:
+    """Whole path components joined by "/": "./a//b/" -> "a/b", "a\\b" -> "a/b"."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(part for part in parts if part not in ("", "."))
+
+
+def path_prefixes(sources: Iterable[str]) -> list[str]:
+    """Every ancestor of every source, as whole components: "a/b/c.pdf" -> a, a/b, a/b/c.pdf.
+
+    Stored as the `paths` keyword list, so a plain keyword match implements a source-prefix
+    filter ("rep" never matches "reports/x.pdf", "reports" does) with a payload index.
+    """
+    out: list[str] = []
+    for source in sources:
+        parts = normalize_path(source).split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if prefix and prefix not in out:
+                out.append(prefix)
+    return out
+
+
+def all_sources(source: str, sources: Iterable[str]) -> list[str]:
+    """`sources` with `source` first and no duplicates (a record may leave `sources` empty)."""
+    return list(dict.fromkeys([source, *sources]))
+
+
+def source_payload(source: str, sources: Iterable[str]) -> dict[str, Any]:
+    """The payload fields that change when a document is seen under other paths."""
+    every = all_sources(source, sources)
+    return {"source": source, "sources": every, "paths": path_prefixes(every)}
+
+
+def record_to_payload(record: PageRecord) -> dict[str, Any]:
+    return {
+        "doc_id": record.doc_id,
+        "page": record.page,
+        "pages": record.pages,
+        "title": record.title,
+        "image": record.image,
+        "width": record.width,
+        "height": record.height,
+        "grid": list(record.grid),
+        "image_offset": record.image_offset,
+        "text": record.text,
+        "tags": list(record.tags),
+        "ingested_at": record.ingested_at,
+        **source_payload(record.source, record.sources),
+    }
+
+
+def payload_to_record(payload: dict[str, Any]) -> PageRecord:
+    return PageRecord(
+        doc_id=payload["doc_id"],
+        page=int(payload["page"]),
+        pages=int(payload["pages"]),
+        source=payload["source"],
+        title=payload.get("title", ""),
+        image=payload.get("image", ""),
+        width=int(payload.get("width", 0)),
+        height=int(payload.get("height", 0)),
+        grid=_grid(payload),
+        image_offset=int(payload.get("image_offset", 0)),
+        text=payload.get("text", ""),
+        tags=tuple(payload.get("tags", ())),
+        sources=tuple(payload.get("sources", ())),
+        ingested_at=payload.get("ingested_at", ""),
+    )
+
+
+def payload_to_hit(payload: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        doc_id=payload["doc_id"],
+        source=payload["source"],
+        page=int(payload["page"]),
+        score=float(score),
+        image=payload.get("image", ""),
+        title=payload.get("title", ""),
+        text=payload.get("text", ""),
+        grid=_grid(payload),
+        image_offset=int(payload.get("image_offset", 0)),
+    )
+
+
+def _grid(payload: dict[str, Any]) -> tuple[int, int]:
+    rows, cols = payload.get("grid") or (0, 0)
+    return int(rows), int(cols)
+
+
+def filter_conditions(flt: SearchFilter | None) -> list[Condition]:
+    """SearchFilter -> conditions that must all hold (empty list: no restriction)."""
+    if flt is None:
+        return []
+    conditions: list[Condition] = []
+    if flt.doc_ids:
+        conditions.append(("doc_id", list(flt.doc_ids)))
+    prefix = normalize_path(flt.source_prefix or "")
+    if prefix:
+        conditions.append(("paths", [prefix]))
+    if flt.tags:
+        conditions.append(("tags", list(flt.tags)))
+    return conditions
+
+
+def storage_rows(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows holding exactly the float16 values Qdrant stores.
+
+    Both backends get the rounded values, so qdrant-client's local mode (which ignores the
+    float16 datatype) scores the same numbers as Qdrant Edge and a real server.
+    """
+    return np.ascontiguousarray(vectors, dtype=np.float16).astype(np.float32)
+
+
+def check_rows(vectors: np.ndarray, what: str) -> np.ndarray:
+    """The multivector as float32 (n, DIM), or a ValueError that says what is wrong."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] != DIM:
+        raise ValueError(f"{what}: expected a (n_tokens, {DIM}) multivector, got {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{what}: the multivector holds NaN or infinite values")
+    return vectors
+
+
+def check_batch(records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
+    if len(records) != len(embeddings):
+        raise ValueError(f"{len(records)} records but {len(embeddings)} embeddings")
+    ids = [(r.doc_id, r.page) for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the same (doc_id, page) appears twice in one upsert")
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of every file below `path` (files that vanish meanwhile, as segments do, count 0)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total

@@ -1,0 +1,357 @@
+"""One contract, every backend: Qdrant Edge, qdrant-client local mode (memory and directory) and,
+when PAGERAG_QDRANT_URL is set, a real Qdrant server (`-m qdrant_server`).
+
+The oracle for scores is colpali-engine's `score_multi_vector` on the same float16-rounded page
+and query vectors Qdrant scores (it stores float16 and rounds the query to match). Tolerance
+rtol=1e-3, atol=1e-2 as for any float16 data: Qdrant sums in its own (SIMD) order. Observed here:
+below 1e-6 on the same rounded values, 1.5e-4 against a float32 query. Ids and order must match
+exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from colpali_engine.models import ColQwen2Processor
+from qdrant_client import QdrantClient
+
+from rag.index import EdgeIndex, ServerIndex
+from rag.index.base import IndexMismatchError, PageIndex, check_meta
+from rag.index.schema import DIM, storage_rows
+from rag.types import PageEmbedding, PageRecord, SearchFilter
+
+RTOL, ATOL = 1e-3, 1e-2
+
+# doc_id -> (source, extra sources, tags, pages)
+DOCS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], int]] = {
+    "d" * 64: ("reports/2015/annual.pdf", (), ("finance",), 10),
+    "e" * 64: ("reports/2016/annual.pdf", ("archive/2016.pdf",), ("finance", "annual"), 8),
+    "f" * 64: ("rep/notes.pdf", (), ("misc",), 7),
+    "a" * 64: ("./papers/colpali.pdf", (), (), 5),
+}
+N_PAGES = sum(d[3] for d in DOCS.values())  # 30
+
+
+@dataclass
+class Corpus:
+    records: list[PageRecord]
+    embeddings: list[PageEmbedding]
+    queries: list[np.ndarray]
+
+
+def unit_rows(rng: np.random.Generator, n: int, center: np.ndarray | None = None) -> np.ndarray:
+    rows = rng.normal(size=(n, DIM)).astype(np.float32)
+    if center is not None:
+        rows += center
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def make_corpus(seed: int = 0, clustered: bool = False) -> Corpus:
+    """30 pages of 40-80 unit rows; clustered: every page drawn around its own center."""
+    rng = np.random.default_rng(seed)
+    records, embeddings = [], []
+    for doc_id, (source, extra, tags, pages) in DOCS.items():
+        for page in range(1, pages + 1):
+            grid = (int(rng.integers(5, 9)), int(rng.integers(6, 9)))
+            offset = int(rng.integers(2, 8))
+            n = offset + grid[0] * grid[1] + 2  # prefix tokens, patch grid, suffix tokens
+            center = (
+                3 * rng.normal(size=DIM).astype(np.float32) / np.sqrt(DIM) if clustered else None
+            )
+            vectors = unit_rows(rng, n, center)
+            embeddings.append(PageEmbedding(vectors=vectors, grid=grid, image_offset=offset))
+            records.append(
+                PageRecord(
+                    doc_id=doc_id,
+                    page=page,
+                    pages=pages,
+                    source=source,
+                    title=f"Title {source}",
+                    image=f"/data/pages/{doc_id[:8]}/{page}.png",
+                    width=1190,
+                    height=1684,
+                    grid=grid,
+                    image_offset=offset,
+                    text=f"text of page {page}",
+                    tags=tags,
+                    sources=(source, *extra),
+                    ingested_at="2025-01-01T00:00:00Z",
+                )
+            )
+    queries = [unit_rows(rng, 12) for _ in range(3)]
+    return Corpus(records, embeddings, queries)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return make_corpus()
+
+
+def oracle(corpus: Corpus, query: np.ndarray, keep: Callable[[PageRecord], bool] = lambda r: True):
+    """[(doc_id, page, score)] best first, by colpali-engine on the stored (float16) values."""
+    chosen = [(r, e) for r, e in zip(corpus.records, corpus.embeddings, strict=True) if keep(r)]
+    if not chosen:
+        return []
+    pages = [torch.from_numpy(storage_rows(e.vectors)) for _, e in chosen]
+    # batch_size=1: every page scored on its own, so no zero padding rows can enter a max.
+    q = torch.from_numpy(storage_rows(query))  # Qdrant rounds the query to float16 as well
+    scores = ColQwen2Processor.score_multi_vector([q], pages, batch_size=1, device="cpu")
+    scores = scores[0].tolist()
+    ranked = sorted(zip(chosen, scores, strict=True), key=lambda x: -x[1])
+    return [(r.doc_id, r.page, s) for (r, _), s in ranked]
+
+
+def assert_matches(hits, expected) -> None:
+    assert [(h.doc_id, h.page) for h in hits] == [(d, p) for d, p, _ in expected]
+    np.testing.assert_allclose(
+        [h.score for h in hits], [s for _, _, s in expected], rtol=RTOL, atol=ATOL
+    )
+
+
+# -- backends -------------------------------------------------------------------------------
+
+BACKENDS = [
+    "edge",
+    "memory",
+    "local-path",
+    pytest.param("server", marks=pytest.mark.qdrant_server),
+]
+Opener = Callable[..., PageIndex]
+
+
+@pytest.fixture(params=BACKENDS)
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """open(prefetch_limit=...) -> a fresh or reopened index at one fixed location."""
+    kind: str = request.param
+    url = os.environ.get("PAGERAG_QDRANT_URL")
+    if kind == "server" and not url:
+        pytest.skip("set PAGERAG_QDRANT_URL to run against a real Qdrant server")
+    collection = f"pagerag_test_{uuid.uuid4().hex[:12]}"
+    opened: list[PageIndex] = []
+
+    def open_index(prefetch_limit: int = 200) -> PageIndex:
+        if kind == "edge":
+            index: PageIndex = EdgeIndex(tmp_path / "index", prefetch_limit=prefetch_limit)
+        elif kind == "memory":
+            if opened:
+                pytest.skip("an in-memory index cannot be reopened")
+            index = ServerIndex.local(None, prefetch_limit=prefetch_limit)
+        elif kind == "local-path":
+            index = ServerIndex.local(tmp_path / "qdrant", prefetch_limit=prefetch_limit)
+        else:
+            index = ServerIndex.connect(
+                str(url),
+                api_key=os.environ.get("PAGERAG_QDRANT_API_KEY"),
+                collection=collection,
+                prefetch_limit=prefetch_limit,
+            )
+        opened.append(index)
+        return index
+
+    open_index.kind = kind  # type: ignore[attr-defined]
+    yield open_index
+    for index in opened:
+        index.close()
+    if kind == "server":
+        client = QdrantClient(url=url, api_key=os.environ.get("PAGERAG_QDRANT_API_KEY"))
+        client.delete_collection(collection)
+        client.close()
+
+
+@pytest.fixture
+def index(opener: Opener, corpus: Corpus) -> PageIndex:
+    idx = opener()
+    idx.upsert(corpus.records, corpus.embeddings)
+    return idx
+
+
+# -- writes and counts ----------------------------------------------------------------------
+
+
+def test_upsert_count_and_page_ids(index: PageIndex, corpus: Corpus) -> None:
+    assert index.count() == N_PAGES
+    for doc_id, (_, _, _, pages) in DOCS.items():
+        assert index.page_ids(doc_id) == list(range(1, pages + 1))
+    assert index.page_ids("0" * 64) == []
+
+
+def test_reupsert_is_idempotent(index: PageIndex, corpus: Corpus) -> None:
+    index.upsert(corpus.records[:7], corpus.embeddings[:7])
+    index.upsert(corpus.records, corpus.embeddings)
+    assert index.count() == N_PAGES
+    q = corpus.queries[0]
+    assert_matches(index.search(q, 5), oracle(corpus, q)[:5])
+
+
+def test_upsert_rejects_bad_input(index: PageIndex, corpus: Corpus) -> None:
+    rec, emb = corpus.records[0], corpus.embeddings[0]
+    bad = [
+        np.zeros((0, DIM), np.float32),
+        np.ones((4, 64), np.float32),
+        np.full((4, DIM), np.nan, np.float32),
+    ]
+    for vectors in bad:
+        with pytest.raises(ValueError):
+            index.upsert([rec], [PageEmbedding(vectors, emb.grid, emb.image_offset)])
+    with pytest.raises(ValueError):
+        index.upsert([rec], [])
+    with pytest.raises(ValueError):
+        index.search(np.ones((3, 7), np.float32), 3)
+    assert index.count() == N_PAGES
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 10, N_PAGES])
+def test_search_is_exact_maxsim_below_prefetch_limit(
+    index: PageIndex, corpus: Corpus, k: int
+) -> None:
+    for q in corpus.queries:
+        expected = oracle(corpus, q)[:k]
+        exact = index.search_exact(q, k)
+        assert_matches(exact, expected)
+        assert index.search(q, k) == exact  # same ids, same order, same scores
+
+
+def test_search_exact_when_filter_leaves_few_pages(opener: Opener, corpus: Corpus) -> None:
+    # 30 pages > prefetch_limit=12, but the filter leaves 10: the result must still be exact.
+    index = opener(prefetch_limit=12)
+    index.upsert(corpus.records, corpus.embeddings)
+    flt = SearchFilter(doc_ids=("d" * 64,))
+    q = corpus.queries[1]
+    expected = oracle(corpus, q, lambda r: r.doc_id == "d" * 64)
+    assert_matches(index.search(q, 10, flt), expected)
+
+
+def test_two_stage_search_finds_the_target_page(opener: Opener) -> None:
+    clustered = make_corpus(seed=1, clustered=True)
+    index = opener(prefetch_limit=5)  # 30 pages: the prefetch really runs
+    index.upsert(clustered.records, clustered.embeddings)
+    rng = np.random.default_rng(7)
+    for target in (0, 13, 29):
+        rows = clustered.embeddings[target].vectors[rng.choice(40, size=12, replace=False)]
+        query = unit_rows(rng, 12, 4 * rows)  # close to 12 rows of the target page
+        hits = index.search(query, 3)
+        record = clustered.records[target]
+        assert (hits[0].doc_id, hits[0].page) == (record.doc_id, record.page)
+        # The rerank is exact MaxSim on whatever the prefetch kept.
+        scores = {(d, p): s for d, p, s in oracle(clustered, query)}
+        for hit in hits:
+            assert hit.score == pytest.approx(scores[hit.doc_id, hit.page], rel=RTOL, abs=ATOL)
+
+
+def test_hits_carry_the_payload(index: PageIndex, corpus: Corpus) -> None:
+    hit = index.search(corpus.queries[0], 1)[0]
+    record = next(r for r in corpus.records if (r.doc_id, r.page) == (hit.doc_id, hit.page))
+    assert hit.source == record.source
+    assert hit.image == record.image
+    assert hit.title == record.title
+    assert hit.text == record.text
+    assert hit.grid == record.grid
+    assert hit.image_offset == record.image_offset
+    assert index.search(corpus.queries[0], 0) == []
+
+
+# -- filters --------------------------------------------------------------------------------
+
+D, E, F, A = "d" * 64, "e" * 64, "f" * 64, "a" * 64
+FILTERS = {
+    "doc_ids": (SearchFilter(doc_ids=(D, F)), {D, F}),
+    "prefix-dir": (SearchFilter(source_prefix="reports"), {D, E}),
+    "prefix-slashes": (SearchFilter(source_prefix="./reports/2015/"), {D}),
+    "prefix-is-component": (SearchFilter(source_prefix="rep"), {F}),
+    "prefix-file": (SearchFilter(source_prefix="rep/notes.pdf"), {F}),
+    "prefix-other-source": (SearchFilter(source_prefix="archive"), {E}),
+    "prefix-dot-source": (SearchFilter(source_prefix="papers"), {A}),
+    "prefix-none": (SearchFilter(source_prefix="repo"), set()),
+    "tags": (SearchFilter(tags=("annual", "misc")), {E, F}),
+    "combined": (SearchFilter(source_prefix="reports", tags=("finance",), doc_ids=(E, F)), {E}),
+    "empty": (SearchFilter(), {D, E, F, A}),
+}
+
+
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_filters(index: PageIndex, corpus: Corpus, name: str) -> None:
+    flt, docs = FILTERS[name]
+    assert index.count(flt) == sum(DOCS[d][3] for d in docs)
+    q = corpus.queries[2]
+    expected = oracle(corpus, q, lambda r: r.doc_id in docs)[:8]
+    assert_matches(index.search(q, 8, flt), expected)
+    assert_matches(index.search_exact(q, 8, flt), expected)
+
+
+def test_delete_document(index: PageIndex, corpus: Corpus) -> None:
+    index.delete_document(D)
+    assert index.page_ids(D) == []
+    assert index.count() == N_PAGES - DOCS[D][3]
+    assert index.count(SearchFilter(doc_ids=(D,))) == 0
+    assert all(h.doc_id != D for h in index.search(corpus.queries[0], N_PAGES))
+    index.delete_document(D)  # deleting twice is harmless
+
+
+def test_set_sources_moves_the_prefix_match(index: PageIndex, corpus: Corpus) -> None:
+    index.set_sources(D, "moved/2015.pdf", ["moved/2015.pdf", "old/reports/a.pdf"])
+    assert index.count(SearchFilter(source_prefix="reports")) == DOCS[E][3]
+    assert index.count(SearchFilter(source_prefix="moved")) == DOCS[D][3]
+    assert index.count(SearchFilter(source_prefix="old/reports")) == DOCS[D][3]
+    hits = index.search(corpus.queries[0], 3, SearchFilter(doc_ids=(D,)))
+    assert {h.source for h in hits} == {"moved/2015.pdf"}
+    assert index.page_ids(D) == list(range(1, DOCS[D][3] + 1))  # vectors untouched
+
+
+# -- vectors, metadata, persistence ---------------------------------------------------------
+
+
+def test_page_vectors_round_trip(index: PageIndex, corpus: Corpus) -> None:
+    record, emb = corpus.records[11], corpus.embeddings[11]
+    stored = index.page_vectors(record.doc_id, record.page)
+    assert stored is not None
+    assert stored.dtype == np.float32
+    assert stored.shape == emb.vectors.shape
+    np.testing.assert_allclose(stored, emb.vectors, atol=1e-3)  # float16 storage
+    assert index.page_vectors(record.doc_id, 999) is None
+
+
+def test_meta_round_trip_and_check(opener: Opener) -> None:
+    index = opener()
+    assert index.read_meta() is None
+    meta = {"retriever_model": "vidore/colqwen2-v1.0", "dim": 128, "schema_version": 1}
+    check_meta(index, meta)  # a new index takes the expected meta
+    assert index.read_meta() == meta
+    check_meta(index, meta)  # the same settings open it again
+    with pytest.raises(IndexMismatchError, match="retriever_model"):
+        check_meta(index, {**meta, "retriever_model": "other/model"})
+    index.write_meta({"dim": 128})  # a write replaces, it does not merge
+    assert index.read_meta() == {"dim": 128}
+    index.write_meta(meta)
+    index.close()
+    if opener.kind == "memory":  # type: ignore[attr-defined]
+        return
+    reopened = opener()
+    assert reopened.read_meta() == meta
+    with pytest.raises(IndexMismatchError):
+        check_meta(reopened, {**meta, "dim": 96})
+
+
+def test_reopen_keeps_points(opener: Opener, corpus: Corpus) -> None:
+    if opener.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("an in-memory index cannot be reopened")
+    index = opener()
+    index.upsert(corpus.records, corpus.embeddings)
+    index.flush()
+    q = corpus.queries[0]
+    before = index.search(q, 5)
+    index.close()
+    reopened = opener()
+    assert reopened.count() == N_PAGES
+    assert reopened.search(q, 5) == before
+    if opener.kind != "server":  # type: ignore[attr-defined]
+        assert reopened.bytes_on_disk() > 0

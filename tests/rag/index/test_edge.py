@@ -1,0 +1,90 @@
+"""Qdrant Edge specifics: one process per directory, optimize(), WAL replay, threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.index import EdgeIndex
+from rag.index.schema import DIM
+from rag.types import PageEmbedding, PageRecord, SearchFilter
+
+from .test_contract import make_corpus, unit_rows
+
+
+def big_corpus(n_pages: int, rows: int, seed: int = 0):
+    """Enough float16 data (> Qdrant's ~10 MB indexing threshold) for optimize() to index."""
+    rng = np.random.default_rng(seed)
+    records, embeddings = [], []
+    for page in range(1, n_pages + 1):
+        center = 3 * rng.normal(size=DIM).astype(np.float32) / np.sqrt(DIM)
+        embeddings.append(PageEmbedding(unit_rows(rng, rows, center), (16, 40), 10))
+        records.append(PageRecord("b" * 64, page, n_pages, "big.pdf", "", "", 1, 1, (16, 40), 10))
+    return records, embeddings
+
+
+def test_second_open_fails_clearly(tmp_path: Path) -> None:
+    with EdgeIndex(tmp_path) as index:
+        with pytest.raises(RuntimeError, match="another PageRAG process"):
+            EdgeIndex(tmp_path)
+        assert index.count() == 0
+        assert set(index._shard.info().payload_schema) == {
+            "doc_id",
+            "source",
+            "paths",
+            "tags",
+            "page",
+        }
+    EdgeIndex(tmp_path).close()  # free again once closed
+
+
+def test_unflushed_writes_survive_reopen(tmp_path: Path) -> None:
+    corpus = make_corpus()
+    index = EdgeIndex(tmp_path)
+    index.upsert(corpus.records, corpus.embeddings)
+    index.delete_document("f" * 64)
+    index.close()  # no flush(): the WAL replays on load
+    with EdgeIndex(tmp_path) as reopened:
+        assert reopened.count() == len(corpus.records) - 7
+        assert reopened.count(SearchFilter(doc_ids=("f" * 64,))) == 0
+
+
+def test_meta_file_is_written_atomically(tmp_path: Path) -> None:
+    with EdgeIndex(tmp_path) as index:
+        index.write_meta({"dim": 128})
+        index.write_meta({"dim": 128, "model": "m"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "shard"]
+    assert (tmp_path / "meta.json").read_text().startswith("{")
+
+
+def test_optimize_builds_hnsw_and_search_stays_right(tmp_path: Path) -> None:
+    records, embeddings = big_corpus(120, 400)  # 120 x 400 x 128 float16 = 12 MB
+    with EdgeIndex(tmp_path, prefetch_limit=10) as index:
+        index.upsert(records, embeddings)
+        rng = np.random.default_rng(3)
+        queries = [
+            (target, unit_rows(rng, 12, 4 * embeddings[target].vectors[:12]))
+            for target in (0, 57, 119)
+        ]
+        before = [index.search_exact(q, 5) for _, q in queries]
+        assert index.optimize() is True
+        assert index._shard.info().indexed_vectors_count > 0
+        assert index.optimize() is False  # nothing left to do
+        for (target, q), exact in zip(queries, before, strict=True):
+            assert index.search_exact(q, 5) == exact
+            hits = index.search(q, 5)  # 120 pages > 10: HNSW prefetch, then exact MaxSim
+            assert hits[0].page == target + 1
+            assert hits[0] == exact[0]
+
+
+def test_concurrent_searches(tmp_path: Path) -> None:
+    corpus = make_corpus()
+    with EdgeIndex(tmp_path) as index:
+        index.upsert(corpus.records, corpus.embeddings)
+        expected = [index.search(q, 5) for q in corpus.queries]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda i: index.search(corpus.queries[i % 3], 5), range(24)))
+        assert all(r == expected[i % 3] for i, r in enumerate(results))
