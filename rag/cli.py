@@ -57,11 +57,15 @@ def _die(message: str, code: int = EXIT_CONFIG) -> None:
 
 def _die_known(exc: Exception) -> None:
     """Turn errors a user can fix into a message and exit 3; anything else is a bug."""
-    from rag.index.base import IndexMismatchError
+    from rag.index.base import IndexMismatchError, IndexUnavailableError
+    from rag.models.generator import GenerationError
     from rag.models.loading import ModelLoadError
     from rag.service import PageRAGError
 
-    if isinstance(exc, PageRAGError | ModelLoadError | IndexMismatchError):
+    known = (
+        PageRAGError | ModelLoadError | IndexMismatchError | IndexUnavailableError | GenerationError
+    )
+    if isinstance(exc, known):
         _die(str(exc))
     raise exc
 
@@ -168,6 +172,78 @@ def search(
             str(i), f"{r['score']:.3f}", r["source"], str(r["page"]), r["doc_id"][:12], r["image"]
         )
     out.print(table)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    k: Annotated[
+        int | None,
+        typer.Option(
+            "-k", "--top-k", min=1, max=20, help="Pages to show the model (PAGERAG_ASK_PAGES)."
+        ),
+    ] = None,
+    doc: Annotated[
+        list[str], typer.Option("--doc", help="Only this document id (repeatable).")
+    ] = [],  # noqa: B006
+    source: Annotated[
+        str | None, typer.Option("--source", help="Only files under this path prefix.")
+    ] = None,
+    tag: Annotated[list[str], typer.Option("--tag", help="Only documents with this tag.")] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="Print the answer only once it is complete.")
+    ] = False,
+) -> None:
+    """Answer a question from the best pages with Qwen2-VL, citing them like [1]; the answer
+    streams to the terminal, then the pages it was given are listed (cited ones marked)."""
+    from rag.types import Answer
+
+    service = _service()
+    answer: Answer | None = None
+    streamed = False
+    try:
+        flt = _filter([service.resolve(d) for d in doc], source, tag)
+        if as_json or no_stream:
+            answer = service.ask(question, k, flt)
+        else:
+            for item in service.ask_stream(question, k, flt):
+                if isinstance(item, Answer):
+                    answer = item
+                else:
+                    typer.echo(item, nl=False)  # plain echo: rich would read [1] as markup
+                    streamed = True
+    except Exception as exc:
+        if streamed:
+            typer.echo()
+        _die_known(exc)
+    finally:
+        service.close()
+    assert answer is not None
+    if as_json:
+        _print_json(asdict(answer))
+        return
+    typer.echo("" if streamed else answer.text)
+    if not answer.citations:
+        return
+    table = Table("#", "cited", "score", "source", "page", "doc_id", "image", title="sources")
+    for c in answer.citations:
+        table.add_row(
+            str(c.label),
+            "yes" if c.cited else "",
+            f"{c.score:.3f}",
+            c.source,
+            str(c.page),
+            c.doc_id[:12],
+            c.image,
+        )
+    out.print(table)
+    err.print(
+        f"retrieval {answer.retrieval_seconds:.2f} s, "
+        f"generation {answer.generation_seconds:.2f} s, "
+        f"{answer.prompt_tokens} prompt tokens, {answer.completion_tokens} new tokens",
+        highlight=False,
+    )
 
 
 @docs_app.command("list")

@@ -16,6 +16,10 @@ class IndexMismatchError(RuntimeError):
     """The index on disk was built with other settings than the ones in force."""
 
 
+class IndexUnavailableError(RuntimeError):
+    """The index cannot be opened or reached (locked, unreachable server, foreign data)."""
+
+
 class PageIndex(Protocol):
     """One point per page: full multivector for exact MaxSim, pooled vectors for the prefetch."""
 

@@ -40,6 +40,7 @@ from qdrant_edge import (
 )
 
 from rag.index import schema
+from rag.index.base import IndexUnavailableError
 from rag.index.pooling import pool_mean, pool_query
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
@@ -101,7 +102,7 @@ class EdgeIndex:
                 else "if it was built by another PageRAG version, re-index into a new "
                 "PAGERAG_DATA_DIR or run `pagerag reset`"
             )
-            raise RuntimeError(
+            raise IndexUnavailableError(
                 f"Cannot open the Qdrant Edge index at {shard_dir}: {exc}. Hint: {hint}."
             ) from exc
         self._closed = False
@@ -118,7 +119,7 @@ class EdgeIndex:
         try:
             return json.loads(self._meta_path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise RuntimeError(
+            raise IndexUnavailableError(
                 f"{self._meta_path} is not valid JSON ({exc}); restore it or "
                 "re-index (`pagerag reset`)"
             ) from exc

@@ -15,6 +15,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from rag.index import schema
+from rag.index.base import IndexUnavailableError
 from rag.index.pooling import pool_mean, pool_query
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
@@ -70,7 +71,15 @@ class ServerIndex:
         self.prefetch_limit = prefetch_limit
         self.batch_size = batch_size
         self._local_path = Path(local_path) if local_path is not None else None
-        if client.collection_exists(collection):
+        try:
+            exists = client.collection_exists(collection)
+        except Exception as exc:  # httpx/grpc errors differ by transport; all mean "unreachable"
+            raise IndexUnavailableError(
+                f"Cannot reach the Qdrant server ({type(exc).__name__}: {exc}). Check "
+                "PAGERAG_QDRANT_URL and PAGERAG_QDRANT_API_KEY, or unset PAGERAG_QDRANT_URL to "
+                "use the embedded Qdrant Edge index."
+            ) from exc
+        if exists:
             self._check_vectors()
         else:
             self._create(shard_number, replication_factor)
@@ -115,7 +124,7 @@ class ServerIndex:
         names = set(params) if isinstance(params, dict) else set()
         missing = {schema.COLQWEN, schema.MEAN} - names
         if missing:
-            raise RuntimeError(
+            raise IndexUnavailableError(
                 f"Qdrant collection {self.collection!r} exists but has no vector(s) "
                 f"{sorted(missing)}: it was not made by PageRAG. Set PAGERAG_QDRANT_COLLECTION "
                 "to another name."
@@ -139,7 +148,7 @@ class ServerIndex:
         gone = dict.fromkeys(self.read_meta() or {})
         self.client.update_collection(self.collection, metadata={**gone, **meta})
         if meta and not self.read_meta():
-            raise RuntimeError(
+            raise IndexUnavailableError(
                 "This Qdrant server does not keep collection metadata; PageRAG needs Qdrant "
                 "1.16 or newer."
             )

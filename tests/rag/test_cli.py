@@ -131,3 +131,28 @@ def test_missing_model_names_the_setting(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PAGERAG_RETRIEVER_MODEL", str(tmp_path / "no-such-model"))
     code, _, stderr = invoke("search", "anything")
     assert code == EXIT_CONFIG and "PAGERAG_RETRIEVER_MODEL" in stderr
+
+
+def test_bad_settings_and_unreachable_server_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAGERAG_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PAGERAG_RENDERER", "ghostscript")
+    code, _, stderr = invoke("docs", "list")
+    assert code == EXIT_CONFIG and "renderer" in stderr
+    monkeypatch.delenv("PAGERAG_RENDERER")
+    monkeypatch.setenv("PAGERAG_QDRANT_URL", "http://127.0.0.1:9")  # discard port: refused
+    code, _, stderr = invoke("info")
+    assert code == EXIT_CONFIG and "PAGERAG_QDRANT_URL" in stderr
+
+
+def test_locked_index_is_reported(env: Path, first_run: dict) -> None:
+    from rag.config import Settings
+    from rag.index import open_index
+
+    holder = open_index(Settings(_env_file=None))  # a running server would hold it like this
+    try:
+        code, _, stderr = invoke("docs", "list")
+        assert code == EXIT_CONFIG and "another PageRAG process" in stderr
+    finally:
+        holder.close()
