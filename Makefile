@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format clean system-deps ingest
+.PHONY: setup test lint format clean system-deps browser-deps ingest serve
 
 setup: $(STAMP)
 
@@ -23,7 +23,16 @@ system-deps:
 	      || echo "note: poppler-utils not installed; pdf2image tests will be skipped"; \
 	  else echo "note: install poppler-utils to use PAGERAG_RENDERER=pdf2image"; fi; }
 
-test: setup system-deps
+# The browser test drives Debian's chromium (Playwright cannot download its own browser here);
+# without one it is skipped, with a message saying so.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: chromium not installed; the browser test will be skipped"; \
+	  else echo "note: install chromium (or set PAGERAG_CHROMIUM) to run the browser test"; fi; }
+
+test: setup system-deps browser-deps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
 
 lint: setup
@@ -37,7 +46,14 @@ format: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# The main job for now: ingest a folder (`make ingest DOCS=~/reports`).
+# The web UI and the REST API on http://$(HOST):$(PORT), ingesting DOCS (incrementally) in the
+# background: `make serve DOCS=~/reports`.
+HOST ?= 127.0.0.1
+PORT ?= 7860
+serve: setup
+	$(VENV)/bin/pagerag serve --host "$(HOST)" --port "$(PORT)" $(if $(DOCS),--docs "$(DOCS)")
+
+# Ingest a folder without serving it (`make ingest DOCS=~/reports`).
 ingest: setup
 	@test -n "$(DOCS)" || { echo "usage: make ingest DOCS=path/to/pdfs"; exit 2; }
 	$(VENV)/bin/pagerag ingest "$(DOCS)"

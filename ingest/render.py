@@ -1,11 +1,15 @@
 """Pages to images: pypdfium2 by default (no system dependency, faster), pdf2image on request.
 
-The text layer always comes from pypdfium2: poppler's renderer gives images only.
+These functions run inside the sandboxed render worker (ingest/worker.py), never in the main
+process: a hostile PDF can hang or crash PDFium or poppler. The text layer always comes from
+PDFium: poppler's renderer gives images only.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +18,22 @@ import pypdfium2 as pdfium
 from PIL import Image, UnidentifiedImageError
 
 RENDERERS = ("pypdfium2", "pdf2image")
+MAX_TEXT_CHARS = 100_000  # a page's text layer beyond this is noise, not content
+MIN_EDGE = 8  # pixels; anything smaller is a degenerate render
 
 
 class RenderError(Exception):
     """A file that cannot be turned into pages; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """Budgets that keep one hostile file from taking the machine down."""
+
+    max_pixels: int = 16_000_000  # per rendered page; ColQwen2 downsizes to ~0.6 MP anyway
+    max_edge: int = 8_000  # long edge of a rendered page, pixels
+    max_pages: int = 2_000  # pages indexed per document; the rest are reported, not indexed
+    image_max_pixels: int = 100_000_000  # input images above this are decompression bombs
 
 
 @dataclass(frozen=True)
@@ -36,42 +52,82 @@ class OpenedDocument:
 def _pdfium_reason(exc: Exception) -> str:
     msg = str(exc)
     if "password" in msg.lower():
-        return "the PDF is encrypted with a password; decrypt it (e.g. `qpdf --decrypt`) first"
+        return (
+            "the PDF is encrypted with a password; give it with `--password FILE=PASSWORD` "
+            "or decrypt it (e.g. `qpdf --decrypt`) first"
+        )
+    if "success" in msg.lower():  # PDFium failed without an error code: no usable pages
+        return "the PDF has no pages or a broken page tree"
     if "format" in msg.lower():
         return "the PDF is damaged or not a PDF (PDFium: data format error)"
     return f"PDFium cannot open the PDF ({msg})"
 
 
-def open_pdf(path: Path) -> pdfium.PdfDocument:
+def _has_encrypt_dict(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return b"/Encrypt" in fh.read()
+
+
+def open_pdf(path: Path, password: str | None = None) -> pdfium.PdfDocument:
     try:
-        return pdfium.PdfDocument(path)
+        return pdfium.PdfDocument(path, password=password)
     except pdfium.PdfiumError as exc:
+        says_password = "password" in str(exc).lower()
+        # PDFium keeps its last error code across documents and some failures set none, so
+        # a "password" error is only believed when the file has an encryption dictionary.
+        if says_password and not _has_encrypt_dict(path):
+            raise RenderError("the PDF has no pages or a broken page tree") from exc
+        if password and says_password:
+            raise RenderError("the password given for this PDF is wrong") from exc
         raise RenderError(_pdfium_reason(exc)) from exc
 
 
-def inspect(path: Path, kind: str) -> OpenedDocument:
+def inspect(
+    path: Path, kind: str, password: str | None = None, limits: RenderLimits | None = None
+) -> OpenedDocument:
     """Page count and title, or a RenderError saying why the file cannot be read."""
     if kind == "image":
-        _load_image(path)
+        _load_image(path, limits or RenderLimits())
         return OpenedDocument(pages=1, title=path.stem)
-    pdf = open_pdf(path)
+    pdf = open_pdf(path, password)
     try:
         count = len(pdf)
-        if count == 0:
+        if count <= 0:
             raise RenderError("the PDF has no pages")
         title = (pdf.get_metadata_dict().get("Title") or "").strip() or path.stem
-        return OpenedDocument(pages=count, title=title)
+        return OpenedDocument(pages=count, title=title[:300])
     finally:
         pdf.close()
 
 
-def _load_image(path: Path) -> Image.Image:
+def _load_image(path: Path, limits: RenderLimits) -> Image.Image:
+    Image.MAX_IMAGE_PIXELS = limits.image_max_pixels
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; we refuse from 1x.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                image = img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RenderError(
+            f"the image is too large to decode safely (a decompression bomb?): {exc}"
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise RenderError(f"the image cannot be decoded ({exc})") from exc
+    scale = _scale(image.width, image.height, 1.0, limits)
+    if scale < 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+    return image
+
+
+def _scale(width: float, height: float, wanted: float, limits: RenderLimits) -> float:
+    """The render scale: `wanted`, shrunk so the page fits the pixel and edge budgets."""
+    return min(
+        wanted,
+        limits.max_edge / max(width, height),
+        math.sqrt(limits.max_pixels / (width * height)),
+    )
 
 
 def iter_pages(
@@ -81,51 +137,86 @@ def iter_pages(
     renderer: str = "pypdfium2",
     dpi: int = 144,
     skip: set[int] | None = None,
+    password: str | None = None,
+    limits: RenderLimits | None = None,
 ) -> Iterator[RenderedPage]:
     """Render pages one at a time (bounded memory), skipping the page numbers in `skip`."""
+    limits = limits or RenderLimits()
     skip = skip or set()
     if kind == "image":
         if 1 not in skip:
-            yield RenderedPage(1, _load_image(path), "")
+            yield RenderedPage(1, _load_image(path, limits), "")
         return
     if renderer not in RENDERERS:
         raise RenderError(
             f"unknown renderer {renderer!r}; set PAGERAG_RENDERER to one of {RENDERERS}"
         )
-    pdf = open_pdf(path)
+    pdf = open_pdf(path, password)
     try:
-        for index in range(len(pdf)):
+        for index in range(min(len(pdf), limits.max_pages)):
             number = index + 1
             if number in skip:
                 continue
-            page = pdf[index]
             try:
-                text = _page_text(page)
-                if renderer == "pypdfium2":
-                    image = page.render(scale=dpi / 72).to_pil().convert("RGB")
-                else:
-                    image = _render_poppler(path, number, dpi)
+                page = pdf[index]
+            except pdfium.PdfiumError as exc:
+                raise RenderError(f"page {number} cannot be loaded (broken page tree?)") from exc
+            try:
+                yield _render_page(path, page, number, renderer, dpi, password, limits)
             except pdfium.PdfiumError as exc:
                 raise RenderError(f"page {number} cannot be rendered ({exc})") from exc
             finally:
                 page.close()
-            if image.width < 8 or image.height < 8:
-                raise RenderError(f"page {number} rendered to a degenerate {image.size} image")
-            yield RenderedPage(number, image, text)
     finally:
         pdf.close()
+
+
+def _render_page(
+    path: Path,
+    page: pdfium.PdfPage,
+    number: int,
+    renderer: str,
+    dpi: int,
+    password: str | None,
+    limits: RenderLimits,
+) -> RenderedPage:
+    width, height = page.get_size()  # points, rotation applied
+    if not (math.isfinite(width) and math.isfinite(height)) or width < 1 or height < 1:
+        raise RenderError(f"page {number} has an empty or invalid page box ({width} x {height} pt)")
+    scale = _scale(width, height, dpi / 72, limits)
+    expected = (round(width * scale), round(height * scale))
+    if min(expected) < MIN_EDGE:
+        raise RenderError(
+            f"page {number} has an absurd shape ({width:.0f} x {height:.0f} pt): it would "
+            f"render to {expected[0]} x {expected[1]} pixels"
+        )
+    text = _page_text(page)
+    if renderer == "pypdfium2":
+        image = page.render(scale=scale).to_pil().convert("RGB")
+    else:
+        image = _render_poppler(path, number, scale * 72, password)
+    # Renderers have been seen to return a 1x1 image and succeed; trust the size, not the exit.
+    if abs(image.width - expected[0]) > 2 + expected[0] // 50 or abs(
+        image.height - expected[1]
+    ) > 2 + expected[1] // 50:
+        raise RenderError(
+            f"page {number}: the renderer returned a {image.width} x {image.height} image "
+            f"instead of {expected[0]} x {expected[1]}"
+        )
+    return RenderedPage(number, image, text)
 
 
 def _page_text(page: pdfium.PdfPage) -> str:
     textpage = page.get_textpage()
     try:
         # PDFium ends lines with CRLF; keep plain newlines and drop NULs some fonts produce.
-        return textpage.get_text_bounded().replace("\r\n", "\n").replace("\x00", "").strip()
+        text = textpage.get_text_bounded().replace("\r\n", "\n").replace("\x00", "")
+        return text.strip()[:MAX_TEXT_CHARS]
     finally:
         textpage.close()
 
 
-def _render_poppler(path: Path, number: int, dpi: int) -> Image.Image:
+def _render_poppler(path: Path, number: int, dpi: float, password: str | None) -> Image.Image:
     from pdf2image import convert_from_path
     from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError
 
@@ -135,7 +226,9 @@ def _render_poppler(path: Path, number: int, dpi: int) -> Image.Image:
             "or use the default PAGERAG_RENDERER=pypdfium2"
         )
     try:
-        images = convert_from_path(path, dpi=dpi, first_page=number, last_page=number)
+        images = convert_from_path(
+            path, dpi=dpi, first_page=number, last_page=number, userpw=password
+        )
     except (PDFInfoNotInstalledError, PDFPageCountError) as exc:
         raise RenderError(f"poppler cannot render page {number} ({exc})") from exc
     if not images:

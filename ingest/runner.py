@@ -1,8 +1,9 @@
 """Files -> pages -> embeddings -> Qdrant, incrementally and resumably.
 
-Rendering runs in a background thread, a bounded queue ahead of embedding, so the CPU renders
-the next pages while the model embeds the current batch. A document becomes 'done' in the
-manifest only after all its pages are upserted and the index is flushed.
+Rendering runs in a sandboxed worker process fed by a background thread, a bounded queue
+ahead of embedding, so pages are rendered while the model embeds the current batch. A
+document becomes 'done' in the manifest only after all its pages are upserted and the index
+is flushed; a run that was killed finds it 'pending' and stores only the pages it lacks.
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from typing import Protocol
 
 from PIL import Image
 
-from ingest.discover import SourceFile, describe_content, discover, file_sha256, sniff_kind
+from ingest.discover import (
+    Shard,
+    SourceFile,
+    describe_content,
+    discover,
+    file_sha256,
+    mislabelled,
+    sniff_kind,
+)
 from ingest.manifest import Manifest, now
-from ingest.render import RenderedPage, RenderError, inspect, iter_pages
+from ingest.render import RenderError
+from ingest.sandbox import RenderSandbox, SandboxPage
 from rag.index.base import PageIndex
 from rag.types import IngestReport, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
+
+UPSERT_ATTEMPTS = 4  # transient store errors: retried with backoff 0.5 s, 1 s, 2 s
 
 
 class PageEmbedder(Protocol):
@@ -58,6 +70,7 @@ class _Job:
     pages: int
     size: int
     tags: tuple[str, ...]
+    password: str | None = None
     stored: frozenset[int] = frozenset()  # pages already in the index from an interrupted run
     failed: bool = False
 
@@ -65,8 +78,12 @@ class _Job:
 @dataclass
 class _Page:
     job: _Job
-    page: RenderedPage
-    image_path: Path
+    page: SandboxPage
+    image: Image.Image
+
+
+class _StoreError(Exception):
+    """The vector store refused a batch after retries (server down, disk full)."""
 
 
 _END = object()
@@ -84,19 +101,20 @@ class IngestRunner:
         embedder: Callable[[], PageEmbedder],
         *,
         images_dir: Path,
-        renderer: str = "pypdfium2",
-        dpi: int = 144,
+        sandbox: RenderSandbox | None = None,
         batch_size: int = 4,
         on_progress: Callable[[Progress], None] | None = None,
+        retry_delay: float = 0.5,
     ) -> None:
         self.manifest = manifest
         self.index = index
         self._embedder_factory = embedder  # called only when something needs embedding
         self.images_dir = images_dir
-        self.renderer = renderer
-        self.dpi = dpi
+        self.sandbox = sandbox or RenderSandbox()
         self.batch_size = batch_size
+        self.retry_delay = retry_delay
         self._notify = on_progress or (lambda _p: None)
+        self._passwords: dict[str, str] = {}
 
     # -- planning -------------------------------------------------------------------------
     def run(
@@ -105,20 +123,38 @@ class IngestRunner:
         tags: Sequence[str] = (),
         *,
         sources: dict[Path, str] | None = None,
+        passwords: dict[str, str] | None = None,
+        shard: Shard | None = None,
     ) -> IngestReport:
         """Ingest files and folders. `sources` overrides the display name of given files
-        (uploads keep the name the user gave, not the temporary path)."""
+        (uploads keep the name the user gave, not the temporary path); `passwords` maps a
+        file's source or name to the password of an encrypted PDF; with `shard`, only the
+        files of that shard are ingested (one of several workers, see `Shard`)."""
+        self._passwords = passwords or {}
+        try:
+            return self._run(list(paths), tuple(sorted(set(tags))), sources or {}, shard)
+        finally:
+            self.sandbox.close()  # no worker process outlives a run
+
+    def _run(
+        self,
+        paths: list[Path],
+        tags: tuple[str, ...],
+        sources: dict[Path, str],
+        shard: Shard | None = None,
+    ) -> IngestReport:
         started = time.monotonic()
         report = IngestReport()
         files, missing = discover(paths)
-        if sources:
-            files = [SourceFile(f.path, sources.get(f.path, f.source)) for f in files]
+        files = [SourceFile(f.path, sources.get(f.path, f.source)) for f in files]
+        if shard is not None:  # by source path, so every worker splits the same way
+            files = [f for f in files if shard.owns(f.source)]
         report.failed.extend(missing)
         progress = Progress(files_total=len(files))
         jobs: dict[str, _Job] = {}
         for file in files:
             progress.current = file.source
-            self._plan(file, tuple(sorted(set(tags))), jobs, report)
+            self._plan(file, tags, jobs, report)
             progress.files_done += 1
             self._notify(progress)
         todo = list(jobs.values())
@@ -149,14 +185,25 @@ class IngestRunner:
         if kind is None:
             self._fail(file, describe_content(head), report)
             return
+        if reason := mislabelled(head, kind, file.path.suffix):
+            self._fail(file, reason, report)
+            return
+        password = self._passwords.get(file.source) or self._passwords.get(file.path.name)
         try:
-            opened = inspect(file.path, kind)
+            opened = self.sandbox.inspect(file.path, kind, password)
         except RenderError as exc:
             self._fail(file, str(exc), report)
             return
-        jobs[doc_id] = _Job(
-            [file], doc_id, kind, opened.title, opened.pages, file.path.stat().st_size, tags
-        )
+        cap = self.sandbox.limits.max_pages
+        if opened.pages > cap:
+            warning = (
+                f"only the first {cap} of {opened.pages} pages are indexed "
+                "(PAGERAG_MAX_PAGES_PER_DOCUMENT)"
+            )
+            report.warnings.append({"source": file.source, "warning": warning})
+        size = file.path.stat().st_size
+        pages = min(opened.pages, cap)
+        jobs[doc_id] = _Job([file], doc_id, kind, opened.title, pages, size, tags, password)
 
     # -- execution ------------------------------------------------------------------------
     def _execute(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:
@@ -223,9 +270,7 @@ class IngestRunner:
         progress.pages_done = report.indexed_pages
         self._notify(progress)
 
-    def _render_all(
-        self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event
-    ) -> None:
+    def _render_all(self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event) -> None:
         def put(item: object) -> None:
             while not stop.is_set():
                 try:
@@ -238,19 +283,19 @@ class IngestRunner:
             for job in jobs:
                 if stop.is_set():
                     return
-                folder = page_image_dir(self.images_dir, job.doc_id)
-                folder.mkdir(parents=True, exist_ok=True)
                 try:
-                    for page in iter_pages(
+                    for page in self.sandbox.render(
                         job.files[0].path,
                         job.kind,
-                        renderer=self.renderer,
-                        dpi=self.dpi,
+                        page_image_dir(self.images_dir, job.doc_id),
                         skip=set(job.stored),
+                        password=job.password,
                     ):
-                        image_path = folder / f"p{page.number:04d}.png"
-                        page.image.save(image_path, format="PNG", compress_level=3)
-                        put(_Page(job, page, image_path))
+                        with Image.open(page.image) as img:
+                            image = img.convert("RGB")
+                        put(_Page(job, page, image))
+                        if stop.is_set():
+                            return
                 except RenderError as exc:
                     put((job, str(exc)))
                     continue
@@ -265,18 +310,46 @@ class IngestRunner:
     def _store(self, batch: list[_Page], embedder: PageEmbedder, report: IngestReport) -> None:
         if not batch:
             return
+        jobs = {id(p.job): p.job for p in batch}.values()
         try:
-            embeddings = embedder.embed_pages([p.page.image for p in batch])
-            records = [self._record(p, e) for p, e in zip(batch, embeddings, strict=True)]
-            self.index.upsert(records, embeddings)
+            embeddings = embedder.embed_pages([p.image for p in batch])
         except Exception as exc:
-            log.exception("embedding or storing a batch failed")
-            for job in {id(p.job): p.job for p in batch}.values():
-                self._abort(
-                    job, f"embedding or storing failed ({type(exc).__name__}: {exc})", report
-                )
+            log.exception("embedding a batch failed")
+            for job in jobs:
+                self._abort(job, f"embedding failed ({type(exc).__name__}: {exc})", report)
+            return
+        records = [self._record(p, e) for p, e in zip(batch, embeddings, strict=True)]
+        try:
+            self._upsert(records, embeddings)
+        except (ValueError, TypeError) as exc:  # vectors the store rejects: a bad document
+            for job in jobs:
+                self._abort(job, f"storing failed ({type(exc).__name__}: {exc})", report)
+            return
+        except _StoreError as exc:
+            # Keep what is stored: the document stays 'pending' and a later run completes it.
+            for job in jobs:
+                job.failed = True
+                for file in job.files:
+                    self._fail(file, str(exc), report)
             return
         report.indexed_pages += len(batch)
+
+    def _upsert(self, records: list[PageRecord], embeddings: list[PageEmbedding]) -> None:
+        for attempt in range(UPSERT_ATTEMPTS):
+            try:
+                self.index.upsert(records, embeddings)
+                return
+            except (ValueError, TypeError):
+                raise  # our bug, not a transient fault
+            except Exception as exc:
+                log.warning("upsert failed (attempt %d): %s", attempt + 1, exc)
+                if attempt + 1 == UPSERT_ATTEMPTS:
+                    raise _StoreError(
+                        f"the vector store failed after {UPSERT_ATTEMPTS} attempts "
+                        f"({type(exc).__name__}: {exc}); the pages stored so far are kept and "
+                        "the next `pagerag ingest` run completes the document"
+                    ) from exc
+                time.sleep(self.retry_delay * 2**attempt)
 
     def _record(self, p: _Page, emb: PageEmbedding) -> PageRecord:
         job = p.job
@@ -286,9 +359,9 @@ class IngestRunner:
             pages=job.pages,
             source=job.files[0].source,
             title=job.title,
-            image=str(p.image_path),
-            width=p.page.image.width,
-            height=p.page.image.height,
+            image=str(p.page.image),
+            width=p.page.width,
+            height=p.page.height,
             grid=emb.grid,
             image_offset=emb.image_offset,
             text=p.page.text,
@@ -310,7 +383,7 @@ class IngestRunner:
         report.skipped_documents += len(job.files) - 1  # identical copies are stored once
 
     def _abort(self, job: _Job, error: str, report: IngestReport) -> None:
-        """Nothing is kept of a document that failed part-way."""
+        """Nothing is kept of a document that cannot be read."""
         job.failed = True
         self.remove(job.doc_id)
         for file in job.files:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -15,11 +16,19 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
+from ingest.discover import Shard
 from ingest.runner import Progress as IngestProgress
-from rag.config import Settings
+from rag.config import SearchMode, Settings
 from rag.types import SearchFilter
 
 EXIT_FAILED_FILES = 1
@@ -75,6 +84,17 @@ def _print_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+# --mode on `search`, `ask` and `eval`.
+ModeOption = Annotated[
+    SearchMode | None,
+    typer.Option(
+        "--mode",
+        help="visual (ColQwen2 on the page images), text (BM25 on the PDF text layer; needs no "
+        "model) or hybrid (both in one query, rank-fused). Default: PAGERAG_SEARCH_MODE (hybrid).",
+    ),
+]
+
+
 def _filter(doc: list[str], source: str | None, tag: list[str]) -> SearchFilter | None:
     flt = SearchFilter(doc_ids=tuple(doc), source_prefix=source, tags=tuple(tag))
     return None if flt.is_empty() else flt
@@ -88,11 +108,37 @@ def ingest(
     tag: Annotated[
         list[str], typer.Option("--tag", "-t", help="Tag the documents (repeatable).")
     ] = [],  # noqa: B006
+    password: Annotated[
+        list[str],
+        typer.Option(
+            "--password",
+            help="FILE=PASSWORD for an encrypted PDF (FILE: its name or path as listed).",
+        ),
+    ] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Ingest only part I of N (1 <= I <= N): run N workers with 1/N ... N/N on the "
+            "same folder and each file goes to exactly one of them (by its path).",
+        ),
+    ] = None,
 ) -> None:
     """Render, embed and store every page of PDFs and images. Unchanged files are skipped,
     so running it again on the same folder only picks up what is new or changed."""
     logging.basicConfig(level=logging.WARNING)
+    try:
+        part = Shard.parse(shard) if shard is not None else None
+    except ValueError as exc:
+        _die(f"--shard: {exc}", code=2)
+    passwords = {}
+    for item in password:
+        name, sep, secret = item.partition("=")
+        if not sep or not name:
+            _die(f"--password needs FILE=PASSWORD, got {item!r}", code=2)
+        passwords[name] = secret
     service = _service()
     try:
         with Progress(
@@ -115,7 +161,9 @@ def ingest(
                 rate = f"{p.pages_per_second:.2f} pages/s" if p.pages_done else ""
                 bar.update(pages, total=p.pages_total or None, completed=p.pages_done, rate=rate)
 
-            report = service.ingest(paths, tags=tag, on_progress=show)
+            report = service.ingest(
+                paths, tags=tag, passwords=passwords, on_progress=show, shard=part
+            )
     except Exception as exc:
         _die_known(exc)
     finally:
@@ -130,6 +178,8 @@ def ingest(
         )
         for failure in report.failed:
             err.print(f"[red]failed:[/] {failure['source']}: {failure['error']}", highlight=False)
+        for warning in report.warnings:
+            err.print(f"[yellow]warning:[/] {warning['source']}: {warning['warning']}")
     if report.failed:
         raise typer.Exit(EXIT_FAILED_FILES)
 
@@ -146,12 +196,14 @@ def search(
     ] = None,
     tag: Annotated[list[str], typer.Option("--tag", help="Only documents with this tag.")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+    mode: ModeOption = None,
 ) -> None:
-    """Find the pages that best match a question (late-interaction MaxSim over ColQwen2)."""
+    """Find the pages that best match a question: late-interaction MaxSim over ColQwen2, BM25
+    over the PDF text layer, or both fused (--mode)."""
     service = _service()
     try:
         doc_ids = [service.resolve(d) for d in doc]
-        hits = service.search(query, k, _filter(doc_ids, source, tag))
+        hits = service.search(query, k, _filter(doc_ids, source, tag), mode=mode)
     except Exception as exc:
         _die_known(exc)
     finally:
@@ -194,6 +246,7 @@ def ask(
     no_stream: Annotated[
         bool, typer.Option("--no-stream", help="Print the answer only once it is complete.")
     ] = False,
+    mode: ModeOption = None,
 ) -> None:
     """Answer a question from the best pages with Qwen2-VL, citing them like [1]; the answer
     streams to the terminal, then the pages it was given are listed (cited ones marked)."""
@@ -205,9 +258,9 @@ def ask(
     try:
         flt = _filter([service.resolve(d) for d in doc], source, tag)
         if as_json or no_stream:
-            answer = service.ask(question, k, flt)
+            answer = service.ask(question, k, flt, mode=mode)
         else:
-            for item in service.ask_stream(question, k, flt):
+            for item in service.ask_stream(question, k, flt, mode=mode):
                 if isinstance(item, Answer):
                     answer = item
                 else:
@@ -244,6 +297,142 @@ def ask(
         f"{answer.prompt_tokens} prompt tokens, {answer.completion_tokens} new tokens",
         highlight=False,
     )
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A folder of PDFs with questions.jsonl (or --questions), a questions .jsonl "
+            "beside its PDFs, or a ViDoRe dataset: a local folder, a .parquet file, or a Hub id "
+            "such as vidore/docvqa_test_subsampled."
+        ),
+    ],
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            "--questions", help="Questions for a folder of PDFs (default DATASET/questions.jsonl)."
+        ),
+    ] = None,
+    mode: ModeOption = None,
+    k: Annotated[
+        int,
+        typer.Option(
+            "-k", "--top-k", min=1, max=1000, help="Pages retrieved per question (@10 needs 10)."
+        ),
+    ] = 10,
+    answers: Annotated[
+        bool,
+        typer.Option(
+            "--answers",
+            help="Also answer every question that has a gold answer (Qwen2-VL) and report "
+            "exact match, ANLS and generation time.",
+        ),
+    ] = False,
+    reuse_index: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-index",
+            help="Evaluate on the index in PAGERAG_DATA_DIR (or the Qdrant server) and keep it, "
+            "instead of a temporary one; ingestion only adds what is missing there.",
+        ),
+    ] = False,
+    split: Annotated[str, typer.Option("--split", help="Split of a ViDoRe dataset.")] = "test",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole report, per question too, as JSON.")
+    ] = False,
+) -> None:
+    """Measure retrieval quality on labelled questions: nDCG@5/10, recall@1/5/10, MRR@10 and
+    search latency (p50/p95); with --answers, answer quality too. The documents are ingested
+    into a temporary index, unless --reuse-index."""
+    import tempfile
+
+    from rag.eval import DatasetError, evaluate, open_dataset
+    from rag.service import PageRAG
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        _die(f"invalid setting: {exc}")
+    with tempfile.TemporaryDirectory(prefix="pagerag-eval-") as tmp:
+        if reuse_index:
+            workdir = settings.data_dir / "eval-datasets" / _slug(dataset)
+        else:
+            # A fresh embedded index: the user's own index and Qdrant server stay untouched.
+            settings = settings.model_copy(
+                update={"data_dir": Path(tmp) / "data", "qdrant_url": None}
+            )
+            workdir = Path(tmp) / "dataset"
+        try:
+            data = open_dataset(dataset, workdir, questions=questions, split=split)
+        except DatasetError as exc:
+            _die(str(exc), code=2)
+        try:
+            service = PageRAG(settings)
+        except Exception as exc:
+            _die_known(exc)
+        try:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                disable=as_json or not err.is_terminal,
+            ) as bar:
+                ingest_task = bar.add_task("ingest pages", total=None)
+                tasks: dict[str, TaskID] = {}
+
+                def ingested(p: IngestProgress) -> None:
+                    bar.update(ingest_task, total=p.pages_total or None, completed=p.pages_done)
+
+                def queried(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(f"{stage} questions", total=total)
+                    bar.update(tasks[stage], completed=done)
+
+                result = evaluate(
+                    service,
+                    data,
+                    mode=service.search_mode(mode),
+                    k=k,
+                    answers=answers,
+                    on_ingest=ingested,
+                    on_query=queried,
+                )
+        except Exception as exc:
+            _die_known(exc)
+        finally:
+            service.close()
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    table = Table("metric", "value", title=f"{result.dataset}: {result.mode} search, k={k}")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.3f}")
+    table.add_row("latency p50", f"{result.latency['p50_ms']:.1f} ms")
+    table.add_row("latency p95", f"{result.latency['p95_ms']:.1f} ms")
+    if result.answers is not None:
+        graded = result.answers
+        table.add_row("answers graded", str(graded["questions"]))
+        for name in ("exact_match", "anls", "contains"):
+            table.add_row(name.replace("_", " "), f"{graded[name]:.3f}")
+        table.add_row("generation mean", f"{graded['generation_seconds_mean']:.2f} s")
+    out.print(table)
+    out.print(
+        f"{result.questions} questions over {result.pages} pages; {result.backend}, "
+        f"{result.retriever_model}; ingestion {result.ingest_seconds:.1f} s",
+        highlight=False,
+    )
+
+
+def _slug(text: str) -> str:
+    """A folder name for a dataset id or path."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.")[:80] or "dataset"
 
 
 @docs_app.command("list")
@@ -292,6 +481,44 @@ def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     for key, value in data.items():
         out.print(f"{key:>18}: {value}", highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    docs: Annotated[
+        list[Path],
+        typer.Option(
+            "--docs", help="Folder or file to ingest (incrementally) at start-up (repeatable)."
+        ),
+    ] = [],  # noqa: B006
+) -> None:
+    """Serve the web UI at / and the REST API at /api/v1 (OpenAPI docs at /docs) from one
+    process. Models load once at start-up; --docs folders are ingested in the background
+    (only new or changed files), so /healthz answers at once and /readyz once models are
+    loaded. PAGERAG_API_KEYS turns on API keys (and a UI login)."""
+    import uvicorn
+
+    from rag.api import create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    missing = [str(p) for p in docs if not p.expanduser().exists()]
+    if missing:
+        _die(f"no such file or folder: {', '.join(missing)}", code=2)
+    service = _service()
+    try:
+        app_ = create_app(service, startup_paths=[p.expanduser() for p in docs])
+        err.print(
+            f"PageRAG on http://{host}:{port}/ (REST API /api/v1, its docs /docs)", highlight=False
+        )
+        uvicorn.run(app_, host=host, port=port, log_level="info")
+    finally:
+        service.close()
 
 
 @app.command()

@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# visual: ColQwen2 MaxSim over the page images; text: BM25 over the PDF text layer (no model);
+# hybrid: both in one Qdrant query, fused by reciprocal rank fusion.
+SearchMode = Literal["visual", "text", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("visual", "text", "hybrid")
 
 
 def default_data_dir() -> Path:
@@ -34,22 +39,74 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=4, ge=1)
     max_visual_tokens: int = Field(default=768, ge=16)
 
+    # Answering (Qwen2-VL). One visual token covers 28x28 pixels of the resized page. The default
+    # per-page cap of 1024 tokens keeps a letter page near 880x1140 pixels, about 100 dpi, where
+    # 9-10 pt table text stays legible; the minimum stops tiny images from being read as a blur.
+    generator_model: str = "Qwen/Qwen2-VL-2B-Instruct"
+    generator_revision: str | None = None
+    gen_min_pixels: int = Field(default=256 * 28 * 28, ge=28 * 28)
+    gen_max_pixels: int = Field(default=1024 * 28 * 28, ge=28 * 28)
+    ask_pages: int = Field(default=3, ge=1, le=20)
+    # Total visual tokens over all pages of one question: with more pages each page gets fewer
+    # pixels, so the prompt (and the GPU memory it needs) stays bounded.
+    visual_token_budget: int = Field(default=3072, ge=64)
+    max_new_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy decoding
+
+    # Serving (`pagerag serve`: web UI and REST API).
+    # Comma-separated; when set, every API call needs `Authorization: Bearer KEY` and the UI
+    # a login (any user name, a key as the password).
+    api_keys: SecretStr | None = None
+    max_upload_mb: int = Field(default=200, ge=1)  # one upload request, all its files together
+    # One GPU serves everybody: model work runs one request at a time, at most `queue_size`
+    # more wait (then 429), and none waits or runs past `request_timeout` seconds (then 504).
+    queue_size: int = Field(default=16, ge=0)
+    request_timeout: float = Field(default=120.0, gt=0)
+
     # Qdrant: embedded Qdrant Edge unless a server URL is given.
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     qdrant_collection: str = "pagerag"
     qdrant_shards: int = Field(default=1, ge=1)
     qdrant_replicas: int = Field(default=1, ge=1)
+    qdrant_prefer_grpc: bool = False  # gRPC (port 6334): ~2.5x smaller uploads than REST's JSON
+    qdrant_upload_workers: int = Field(default=4, ge=1)  # upsert requests in flight at once
+    # Visual search (rag/index/pooling.py; measured in docs/BENCHMARKS.md): a HNSW over each
+    # page's row bands picks `prefetch_limit` pages, which get exact MaxSim; more is better
+    # recall and slower. `hnsw_ef`: HNSW search breadth (unset: Qdrant's, never below the limit).
     prefetch_limit: int = Field(default=200, ge=1)
+    hnsw_ef: int | None = Field(default=None, ge=1)
+
+    # Search. Hybrid by default: the text layer finds exact names, codes and figures that a
+    # 128-d visual embedding can blur, the visual channel finds scans, charts and paraphrases,
+    # and the fusion costs one sparse lookup (well under a millisecond) on top of the visual
+    # search. The text channel's weight in the fusion (the visual channel weighs 1).
+    search_mode: SearchMode = "hybrid"
+    hybrid_text_weight: float = Field(default=1.0, gt=0.0, le=10.0)
 
     # Rendering.
     renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
     render_dpi: int = Field(default=144, ge=36, le=600)
+    # Budgets against hostile files (rendering runs in a separate, limited process).
+    render_timeout_s: float = Field(default=60.0, gt=0)  # per page
+    render_memory_mb: int = Field(default=4096, ge=0)  # 0 = no limit
+    render_max_pixels: int = Field(default=16_000_000, ge=10_000)  # per page; larger renders shrink
+    max_pages_per_document: int = Field(default=2000, ge=1)  # the rest is reported, not indexed
+    image_max_pixels: int = Field(default=100_000_000, ge=10_000)  # bigger images are refused
 
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @model_validator(mode="after")
+    def _pixel_range(self) -> Settings:
+        if self.gen_min_pixels > self.gen_max_pixels:
+            raise ValueError(
+                f"PAGERAG_GEN_MIN_PIXELS ({self.gen_min_pixels}) is larger than "
+                f"PAGERAG_GEN_MAX_PIXELS ({self.gen_max_pixels})"
+            )
+        return self
 
     @property
     def index_dir(self) -> Path:
@@ -62,3 +119,13 @@ class Settings(BaseSettings):
     @property
     def manifest_path(self) -> Path:
         return self.data_dir / "manifest.sqlite3"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Uploaded files wait here (under generated names) until they are ingested."""
+        return self.data_dir / "uploads"
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return tuple(k.strip() for k in raw.split(",") if k.strip())

@@ -8,13 +8,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest.discover import Shard
 from ingest.manifest import Manifest
+from ingest.render import RenderLimits
 from ingest.runner import IngestRunner, Progress
-from rag.config import Settings
+from ingest.sandbox import RenderSandbox
+from rag.config import SEARCH_MODES, SearchMode, Settings
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
+from rag.index.text import TEXT_CHANNEL
 from rag.prompt import Turn, parse_citations
 from rag.types import Answer, Citation, DocumentInfo, Hit, IngestReport, SearchFilter
+from rag.workqueue import WorkQueue
 
 if TYPE_CHECKING:
     from rag.models.generator import Generator
@@ -53,12 +58,16 @@ class PageRAG:
         self._generator = generator
         self._model_lock = threading.Lock()  # one model call at a time (one GPU, many callers)
         self._write_lock = threading.Lock()  # one ingestion or deletion at a time
+        # The one bounded line in front of the models for interactive callers (web UI and REST
+        # API alike): they take a ticket from it around search, ask and similarity maps.
+        self.work = WorkQueue(settings.queue_size, settings.request_timeout)
 
     def index_meta(self) -> dict[str, Any]:
         """What the stored vectors depend on; checked every time the index is opened."""
         s = self.settings
         return {
             "schema_version": SCHEMA_VERSION,
+            "text_channel": TEXT_CHANNEL,  # the BM25 tokenisation the text vectors were made with
             "retriever_model": s.retriever_model,
             "retriever_revision": s.retriever_revision,
             "dim": EMBEDDING_DIM,
@@ -84,10 +93,24 @@ class PageRAG:
             self.index,
             lambda: _Locked(self.retriever, self._model_lock),
             images_dir=self.settings.images_dir,
-            renderer=self.settings.renderer,
-            dpi=self.settings.render_dpi,
+            sandbox=self._sandbox(),
             batch_size=self.settings.batch_size,
             on_progress=on_progress,
+        )
+
+    def _sandbox(self) -> RenderSandbox:
+        s = self.settings
+        limits = RenderLimits(
+            max_pixels=s.render_max_pixels,
+            max_pages=s.max_pages_per_document,
+            image_max_pixels=s.image_max_pixels,
+        )
+        return RenderSandbox(
+            renderer=s.renderer,
+            dpi=s.render_dpi,
+            limits=limits,
+            page_timeout=s.render_timeout_s,
+            memory_mb=s.render_memory_mb,
         )
 
     def ingest(
@@ -96,28 +119,68 @@ class PageRAG:
         *,
         tags: Sequence[str] = (),
         sources: dict[Path, str] | None = None,
+        passwords: dict[str, str] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        shard: Shard | None = None,
     ) -> IngestReport:
+        """Ingest files and folders (see `IngestRunner.run`); with `shard`, only its part."""
         with self._write_lock:
-            report = self._runner(on_progress).run(list(paths), tags, sources=sources)
+            report = self._runner(on_progress).run(
+                list(paths), tags, sources=sources, passwords=passwords, shard=shard
+            )
             optimize = getattr(self.index, "optimize", None)
             if report.indexed_pages and callable(optimize):
                 optimize()
             return report
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, query: str, k: int = 5, flt: SearchFilter | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        flt: SearchFilter | None = None,
+        mode: SearchMode | None = None,
+    ) -> list[Hit]:
+        """The `k` best pages for `query`, best first.
+
+        `mode` (default PAGERAG_SEARCH_MODE): "visual" ranks by ColQwen2 MaxSim (scores are
+        MaxSim), "text" by BM25 over the pages' text layers (BM25 scores; the retriever model is
+        never loaded, and pages without text never match), "hybrid" fuses both channels in one
+        Qdrant query (reciprocal rank fusion scores, so they are not comparable across modes).
+        """
+        mode = self.search_mode(mode)
         if not query.strip():
             raise PageRAGError("the question is empty; type what you are looking for")
         if k < 1:
             raise PageRAGError("the number of results must be at least 1")
+        if mode == "text":
+            return self.index.search_text(query, k, flt)
         vectors = self._embed_query(query)
-        return self.index.search(vectors, k, flt)
+        if mode == "visual":
+            return self.index.search(vectors, k, flt)
+        weight = self.settings.hybrid_text_weight
+        return self.index.search_hybrid(vectors, query, k, flt, text_weight=weight)
+
+    def search_mode(self, mode: str | None = None) -> SearchMode:
+        """`mode` checked, or the configured default (PAGERAG_SEARCH_MODE) when None."""
+        if mode is None:
+            return self.settings.search_mode
+        if mode not in SEARCH_MODES:
+            raise PageRAGError(
+                f"unknown search mode {mode!r}; use one of: {', '.join(SEARCH_MODES)}"
+            )
+        return mode  # type: ignore[return-value]  # checked against SEARCH_MODES above
 
     def _embed_query(self, query: str) -> Any:
         retriever = self.retriever
         with self._model_lock:
             return retriever.embed_query(query)
+
+    def embed_query(self, query: str) -> Any:
+        """A question's multivector, as `search` embeds it (similarity maps reuse it)."""
+        if not query.strip():
+            raise PageRAGError("the question is empty; type what you are looking for")
+        return self._embed_query(query)
 
     # -- answering ------------------------------------------------------------------------
     @property
@@ -137,9 +200,11 @@ class PageRAG:
         k: int | None = None,
         flt: SearchFilter | None = None,
         history: Sequence[Turn] = (),
+        *,
+        mode: SearchMode | None = None,
     ) -> Answer:
         """The whole answer at once; the same `Answer` that `ask_stream` ends with."""
-        *_, answer = self.ask_stream(question, k, flt, history)
+        *_, answer = self.ask_stream(question, k, flt, history, mode=mode)
         assert isinstance(answer, Answer)
         return answer
 
@@ -149,6 +214,8 @@ class PageRAG:
         k: int | None = None,
         flt: SearchFilter | None = None,
         history: Sequence[Turn] = (),
+        *,
+        mode: SearchMode | None = None,
     ) -> Iterator[str | Answer]:
         """Text chunks as Qwen2-VL writes them, then the `Answer`.
 
@@ -157,6 +224,7 @@ class PageRAG:
         goes away, and the generation stops and frees the device.
         """
         k = self.settings.ask_pages if k is None else k
+        mode = self.search_mode(mode)  # pages are retrieved as `search(..., mode=mode)` does
         if not question.strip():
             raise PageRAGError("the question is empty; type what you want to know")
         if k < 1:
@@ -164,9 +232,10 @@ class PageRAG:
         if not self.index.count(flt):  # answered without loading or calling any model
             yield self._no_pages(question, flt)
             return
-        self.retriever  # noqa: B018 - load first, so retrieval_seconds is the search alone
+        if mode != "text":  # text search needs no retriever model
+            self.retriever  # noqa: B018 - load first, so retrieval_seconds is the search alone
         started = time.perf_counter()
-        hits = self.search(question, k, flt)
+        hits = self.search(question, k, flt, mode)
         retrieval_seconds = time.perf_counter() - started
         if not hits:
             yield self._no_pages(question, flt)
@@ -192,15 +261,20 @@ class PageRAG:
         )
 
     def _no_pages(self, question: str, flt: SearchFilter | None) -> Answer:
-        if flt is None or flt.is_empty() or not self.index.count():
+        if not self.index.count():
             text = (
                 "Nothing is indexed yet, so there are no pages to answer from. "
                 "Ingest some PDFs first (`pagerag ingest PATH`)."
             )
-        else:
+        elif flt is not None and not self.index.count(flt):
             text = (
                 "No indexed page matches the filter, so there are no pages to answer from. "
                 "Widen or remove the filter."
+            )
+        else:  # text search only finds pages whose text layer has the words
+            text = (
+                "No indexed page matches the question, so there are no pages to answer from. "
+                "Try other words, or the visual or hybrid search mode."
             )
         return Answer(question=question, text=text, citations=[])
 

@@ -79,4 +79,33 @@ class IngestReport:
     indexed_pages: int = 0
     skipped_documents: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)  # {source, error}
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {source, warning}
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A page shown to the generator, labelled `[label]` in its prompt."""
+
+    doc_id: str
+    source: str
+    page: int
+    score: float  # retrieval score: MaxSim, BM25 or rank-fused, by search mode
+    image: str
+    label: int  # 1-based, as in the prompt: [1], [2], ...
+    cited: bool  # the answer refers to this label
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    text: str
+    citations: list[Citation]  # every page the generator saw, in prompt order
+    retrieval_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    prompt_tokens: int = 0  # text and image tokens
+    completion_tokens: int = 0
+
+    @property
+    def cited(self) -> list[Citation]:
+        return [c for c in self.citations if c.cited]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 if TYPE_CHECKING:
+    from rag.models.generator import Generator
     from rag.models.retriever import Retriever
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -68,3 +69,37 @@ def tiny_retriever(tiny_colqwen_dir: Path, tmp_path_factory: pytest.TempPathFact
         max_visual_tokens=32,
     )
     return Retriever.load(settings)
+
+
+# Tiny random Qwen2-VL generator (tests/tiny_models.py), built and loaded once per session.
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2VLForConditionalGeneration with its processor and chat template."""
+    from tests.tiny_models import build_tiny_generator
+
+    return build_tiny_generator(tmp_path_factory.mktemp("tiny-generator"))
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_generator_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Generator:
+    """`Generator.load` on `tiny_generator_dir`, CPU float32, small pages, 16 new tokens.
+
+    Shared by the session: a test that changes its options works on a `copy.copy` of it.
+    """
+    from rag.config import Settings
+    from rag.models.generator import Generator
+
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path_factory.mktemp("tiny-generator-data"),
+        generator_model=str(tiny_generator_dir),
+        device="cpu",
+        dtype="float32",
+        gen_min_pixels=4 * 28 * 28,
+        gen_max_pixels=16 * 28 * 28,
+        visual_token_budget=64,
+        max_new_tokens=16,
+    )
+    return Generator.load(settings)

@@ -22,14 +22,20 @@ __all__ = [
 
 def open_index(settings: Settings) -> PageIndex:
     """Qdrant Edge in `settings.index_dir`, or the Qdrant server at `settings.qdrant_url`."""
+    stages = {
+        "prefetch_limit": settings.prefetch_limit,
+        "hnsw_ef": settings.hnsw_ef,
+    }
     if settings.qdrant_url:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return ServerIndex.connect(
             settings.qdrant_url,
             api_key=api_key,
             collection=settings.qdrant_collection,
-            prefetch_limit=settings.prefetch_limit,
+            prefer_grpc=settings.qdrant_prefer_grpc,
             shard_number=settings.qdrant_shards,
             replication_factor=settings.qdrant_replicas,
+            upload_workers=settings.qdrant_upload_workers,
+            **stages,
         )
-    return EdgeIndex(settings.index_dir, prefetch_limit=settings.prefetch_limit)
+    return EdgeIndex(settings.index_dir, **stages)

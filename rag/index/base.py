@@ -9,7 +9,9 @@ import numpy as np
 
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
-SCHEMA_VERSION = 1
+# 2: a sparse BM25 text vector per page (rag/index/text.py) beside the visual vectors.
+# 3: a row-band multivector per page (`rows`, pooling.pool_rows) for the second search stage.
+SCHEMA_VERSION = 3
 
 
 class IndexMismatchError(RuntimeError):
@@ -42,6 +44,28 @@ class PageIndex(Protocol):
 
     def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         """Exact MaxSim over every page matching `flt` (the baseline for tests and benchmarks)."""
+        ...
+
+    def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """BM25 over the pages' text layers (no model needed); pages without text never match."""
+        ...
+
+    def search_hybrid(
+        self,
+        query: np.ndarray,
+        text: str,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        text_weight: float = 1.0,
+    ) -> list[Hit]:
+        """One Qdrant query: the visual two-stage search and BM25 on `text` as prefetches,
+        fused by reciprocal rank fusion (scores are RRF scores). The visual channel weighs 1,
+        the text channel `text_weight`; pages without text still rank by the visual channel."""
+        ...
+
+    def set_page_text(self, doc_id: str, page: int, text: str) -> None:
+        """Replace one page's text and its BM25 vector (e.g. OCR text that came with a dataset)."""
         ...
 
     def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:

@@ -22,7 +22,14 @@ NAMESPACE = uuid.UUID("944471db-b43b-4c30-a808-6809f0deb56c")
 
 DIM = 128  # ColQwen2's projection size
 COLQWEN = "colqwen"  # full multivector: MaxSim, float16, no HNSW (exact rerank only)
-MEAN = "mean"  # mean-pooled page vector with HNSW: the prefetch
+ROWS = "rows"  # means of bands of patch rows (pooling.pool_rows): MaxSim, float16, with HNSW:
+# the prefetch that picks the pages for the exact rerank
+
+# Search parameters, chosen in docs/BENCHMARKS.md: pages the prefetch hands to the exact MaxSim
+# rerank (Settings.prefetch_limit), and the HNSW graph of the row bands (fixed at creation).
+PREFETCH_LIMIT = 200
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
 
 # Payload indexes: field -> "keyword" | "integer".
 PAYLOAD_INDEXES = {
@@ -175,10 +182,14 @@ def check_batch(records: Sequence[PageRecord], embeddings: Sequence[PageEmbeddin
 
 
 def dir_size(path: Path) -> int:
-    """Bytes of every file below `path` (files that vanish meanwhile, as segments do, count 0)."""
+    """Bytes allocated on disk to every file below `path` (files that vanish meanwhile, as
+    segments do, count 0). Allocated, not apparent, size: Qdrant preallocates its mmapped files
+    sparsely, and their apparent size overstates what the index takes, by 4x on a small one."""
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, name))
+                st = os.stat(os.path.join(root, name))
+                # st_blocks counts 512-byte units where the platform has it (not on Windows).
+                total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
     return total

@@ -6,17 +6,21 @@ directory), which stands in for a server in tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_edge import SparseVector
 
 from rag.index import schema
-from rag.index.base import IndexUnavailableError
-from rag.index.pooling import pool_mean, pool_query
+from rag.index.base import IndexMismatchError, IndexUnavailableError
+from rag.index.pooling import pool_rows
+from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
 _SCROLL_PAGE = 1024
@@ -34,8 +38,24 @@ def vectors_config() -> dict[str, models.VectorParams]:
             # m=0: no graph; this vector is only scored exactly (rerank / exact search).
             hnsw_config=models.HnswConfigDiff(m=0),
         ),
-        schema.MEAN: models.VectorParams(size=schema.DIM, distance=models.Distance.COSINE),
+        schema.ROWS: models.VectorParams(
+            size=schema.DIM,
+            distance=models.Distance.DOT,  # pool_rows gives unit vectors
+            multivector_config=models.MultiVectorConfig(
+                comparator=models.MultiVectorComparator.MAX_SIM
+            ),
+            datatype=models.Datatype.FLOAT16,
+            # The prefetch's HNSW graph, built over MaxSim between row-band multivectors.
+            hnsw_config=models.HnswConfigDiff(
+                m=schema.HNSW_M, ef_construct=schema.HNSW_EF_CONSTRUCT
+            ),
+        ),
     }
+
+
+def sparse_vectors_config() -> dict[str, models.SparseVectorParams]:
+    # BM25 over the page text (rag/index/text.py); Qdrant applies the IDF at query time.
+    return {TEXT: models.SparseVectorParams(modifier=models.Modifier.IDF)}
 
 
 class ServerIndex:
@@ -52,24 +72,32 @@ class ServerIndex:
         client: QdrantClient,
         collection: str = "pagerag",
         *,
-        prefetch_limit: int = 200,
+        prefetch_limit: int = schema.PREFETCH_LIMIT,
+        hnsw_ef: int | None = None,
         shard_number: int = 1,
         replication_factor: int = 1,
         batch_size: int = 16,
+        upload_workers: int = 4,
         local_path: str | Path | None = None,
     ):
         """Use `client` (closed by `close()`); create `collection` if it does not exist.
 
+        Search as in `EdgeIndex` (`prefetch_limit`, `hnsw_ef`).
         `batch_size` pages per upsert request: a ~750-row page is ~1 MB of JSON, so 16 pages
-        stay well below the server's default 32 MB request limit. `local_path` is only used
-        by `bytes_on_disk()`.
+        stay well below the server's default 32 MB request limit; `upload_workers` requests
+        are in flight at once (a cluster spreads them over its shards). `local_path` is only
+        used by `bytes_on_disk()`.
         """
-        if prefetch_limit < 1 or batch_size < 1:
-            raise ValueError("prefetch_limit and batch_size must be at least 1")
+        if min(prefetch_limit, batch_size, upload_workers, hnsw_ef or 1) < 1:
+            raise ValueError(
+                "prefetch_limit, hnsw_ef, batch_size and upload_workers must be at least 1"
+            )
         self.client = client
         self.collection = collection
         self.prefetch_limit = prefetch_limit
+        self.hnsw_ef = hnsw_ef
         self.batch_size = batch_size
+        self.upload_workers = upload_workers
         self._local_path = Path(local_path) if local_path is not None else None
         try:
             exists = client.collection_exists(collection)
@@ -86,10 +114,20 @@ class ServerIndex:
 
     @classmethod
     def connect(
-        cls, url: str, api_key: str | None = None, collection: str = "pagerag", **kwargs: Any
+        cls,
+        url: str,
+        api_key: str | None = None,
+        collection: str = "pagerag",
+        *,
+        prefer_grpc: bool = False,
+        **kwargs: Any,
     ) -> ServerIndex:
-        """A Qdrant server at `url`; `kwargs` go to `ServerIndex(...)`."""
-        client = QdrantClient(url=url, api_key=api_key, timeout=60)
+        """A Qdrant server at `url`; `kwargs` go to `ServerIndex(...)`.
+
+        `prefer_grpc`: talk gRPC (port 6334) instead of REST: a page's multivector travels as
+        ~0.4 MB of protobuf instead of ~1 MB of JSON.
+        """
+        client = QdrantClient(url=url, api_key=api_key, timeout=60, prefer_grpc=prefer_grpc)
         return cls(client, collection, **kwargs)
 
     @classmethod
@@ -106,6 +144,7 @@ class ServerIndex:
         self.client.create_collection(
             self.collection,
             vectors_config=vectors_config(),
+            sparse_vectors_config=sparse_vectors_config(),
             shard_number=shard_number,
             replication_factor=replication_factor,
         )
@@ -122,12 +161,26 @@ class ServerIndex:
     def _check_vectors(self) -> None:
         params = self.client.get_collection(self.collection).config.params.vectors
         names = set(params) if isinstance(params, dict) else set()
-        missing = {schema.COLQWEN, schema.MEAN} - names
-        if missing:
+        if schema.COLQWEN not in names:
             raise IndexUnavailableError(
-                f"Qdrant collection {self.collection!r} exists but has no vector(s) "
-                f"{sorted(missing)}: it was not made by PageRAG. Set PAGERAG_QDRANT_COLLECTION "
-                "to another name."
+                f"Qdrant collection {self.collection!r} exists but has no {schema.COLQWEN!r} "
+                "vector: it was not made by PageRAG. Set PAGERAG_QDRANT_COLLECTION to another "
+                "name."
+            )
+        if schema.ROWS not in names:
+            # Made by a PageRAG from before the row-band prefetch; a server cannot add one.
+            raise IndexMismatchError(
+                f"Qdrant collection {self.collection!r} was built by another PageRAG version "
+                f"(it has no {schema.ROWS!r} vector). Re-index: set PAGERAG_QDRANT_COLLECTION "
+                "to a new name and run `pagerag ingest` again, or delete the collection first."
+            )
+        sparse = self.client.get_collection(self.collection).config.params.sparse_vectors or {}
+        if TEXT not in sparse:
+            # Made by a PageRAG from before the BM25 text vector; a server cannot add one.
+            raise IndexMismatchError(
+                f"Qdrant collection {self.collection!r} was built by another PageRAG version "
+                f"(it has no {TEXT!r} text vector). Re-index: set PAGERAG_QDRANT_COLLECTION to "
+                "a new name and run `pagerag ingest` again, or delete the collection first."
             )
 
     def _is_local(self) -> bool:
@@ -160,10 +213,13 @@ class ServerIndex:
         points = []
         for record, emb in zip(records, embeddings, strict=True):
             rows = schema.check_rows(emb.vectors, f"{record.source} page {record.page}")
-            vectors = {
+            vectors: dict[str, Any] = {
                 schema.COLQWEN: schema.storage_rows(rows).tolist(),
-                schema.MEAN: pool_mean(emb).tolist(),
+                schema.ROWS: pool_rows(emb).tolist(),
             }
+            text = _sparse(embed_page_text(record.text))
+            if text is not None:  # a page without a text layer has no text vector
+                vectors[TEXT] = text
             points.append(
                 models.PointStruct(
                     id=schema.point_id(record.doc_id, record.page),
@@ -171,9 +227,13 @@ class ServerIndex:
                     payload=schema.record_to_payload(record),
                 )
             )
-        for start in range(0, len(points), self.batch_size):
-            batch = points[start : start + self.batch_size]
-            self.client.upsert(self.collection, points=batch, wait=True)
+        batches = [points[i : i + self.batch_size] for i in range(0, len(points), self.batch_size)]
+        # qdrant-client's local mode is not thread-safe (and gains nothing from threads).
+        workers = 1 if self._is_local() else self.upload_workers
+        upload_batches(self._send, batches, workers)
+
+    def _send(self, batch: list[models.PointStruct]) -> None:
+        self.client.upsert(self.collection, points=batch, wait=True)
 
     def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
         self.client.set_payload(
@@ -200,11 +260,8 @@ class ServerIndex:
     # -- reads ----------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        # Exactness guarantee: when no more pages match than the prefetch would keep, a
-        # prefetch could only lose pages (HNSW is approximate), so skip it and score all of
-        # them with exact MaxSim. The count is one cheap call over payload indexes.
-        if self.count(flt) <= self.prefetch_limit:
-            return self.search_exact(query, k, flt)
+        """Row-band HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
+        more than `prefetch_limit` pages match `flt`."""
         return self._query(query, k, flt, prefetch=True)
 
     def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
@@ -222,12 +279,7 @@ class ServerIndex:
         where = _filter(flt)
         first = None
         if prefetch:
-            first = models.Prefetch(
-                query=pool_query(q).tolist(),
-                using=schema.MEAN,
-                limit=max(self.prefetch_limit, k),
-                filter=where,
-            )
+            first = self._pooled_stages(q, flt, where, max(self.prefetch_limit, k))
         result = self.client.query_points(
             self.collection,
             query=q.tolist(),
@@ -238,6 +290,94 @@ class ServerIndex:
             with_payload=models.PayloadSelectorExclude(exclude=["paths"]),
         )
         return [schema.payload_to_hit(p.payload or {}, p.score) for p in result.points]
+
+    def _pooled_stages(
+        self, q: np.ndarray, flt: SearchFilter | None, where: models.Filter | None, limit: int
+    ) -> models.Prefetch | None:
+        """The prefetch in front of the exact rerank, keeping `limit` pages; None for none.
+
+        As `EdgeIndex._pooled_stages`: no prefetch (exact search) when no more than `limit`
+        pages match `flt`, otherwise the row-band HNSW.
+        """
+        if self.count(flt) <= limit:
+            return None
+        return models.Prefetch(
+            query=q.tolist(),
+            using=schema.ROWS,
+            params=models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
+            limit=limit,
+            filter=where,
+        )
+
+    # -- text and hybrid search (BM25 channel: rag/index/text.py) ---------------------------
+
+    def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        sparse = _sparse(embed_query_text(text))
+        if sparse is None or k < 1:
+            return []
+        result = self.client.query_points(
+            self.collection,
+            query=sparse,
+            using=TEXT,
+            query_filter=_filter(flt),
+            limit=k,
+            with_payload=models.PayloadSelectorExclude(exclude=["paths"]),
+        )
+        return [schema.payload_to_hit(p.payload or {}, p.score) for p in result.points]
+
+    def search_hybrid(
+        self,
+        query: np.ndarray,
+        text: str,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        text_weight: float = 1.0,
+    ) -> list[Hit]:
+        q = schema.storage_rows(schema.check_rows(query, "query"))  # float16 as in `_query`
+        if k < 1:
+            return []
+        where = _filter(flt)
+        # Each channel hands the fusion its best `depth` pages. The visual channel scores every
+        # pooled candidate with MaxSim anyway, so passing them all on costs nothing; the same
+        # exactness rule as `search` applies (no pooled stage when few pages match).
+        depth = max(self.prefetch_limit, k)
+        pooled = self._pooled_stages(q, flt, where, depth)
+        channels = [
+            models.Prefetch(
+                query=q.tolist(), using=schema.COLQWEN, prefetch=pooled, limit=depth, filter=where
+            )
+        ]
+        sparse = _sparse(embed_query_text(text))
+        if sparse is not None:  # a query of stop words only has no text channel
+            channels.append(models.Prefetch(query=sparse, using=TEXT, limit=depth, filter=where))
+        # Pages without text are absent from the text channel only: they still rank visually.
+        # RRF with k needs Qdrant 1.16 (as does the collection metadata), weights 1.17: equal
+        # weights send none.
+        weights = [1.0, text_weight][: len(channels)] if text_weight != 1.0 else None
+        result = self.client.query_points(
+            self.collection,
+            prefetch=channels,
+            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=weights)),
+            query_filter=where,
+            limit=k,
+            with_payload=models.PayloadSelectorExclude(exclude=["paths"]),
+        )
+        return [schema.payload_to_hit(p.payload or {}, p.score) for p in result.points]
+
+    def set_page_text(self, doc_id: str, page: int, text: str) -> None:
+        """Replace a page's text and its BM25 vector (text from elsewhere, e.g. a dataset's OCR)."""
+        pid = schema.point_id(doc_id, page)
+        self.client.set_payload(self.collection, payload={"text": text}, points=[pid], wait=True)
+        sparse = _sparse(embed_page_text(text))
+        if sparse is None:
+            self.client.delete_vectors(self.collection, vectors=[TEXT], points=[pid], wait=True)
+        else:
+            self.client.update_vectors(
+                self.collection,
+                points=[models.PointVectors(id=pid, vector={TEXT: sparse})],
+                wait=True,
+            )
 
     def count(self, flt: SearchFilter | None = None) -> int:
         return self.client.count(self.collection, count_filter=_filter(flt), exact=True).count
@@ -295,6 +435,54 @@ def _filter(flt: SearchFilter | None) -> models.Filter | None:
             for key, values in conditions
         ]
     )
+
+
+def upload_batches(
+    send: Callable[[list[Any]], None],
+    batches: Sequence[list[Any]],
+    workers: int,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+) -> None:
+    """`send` every batch, `workers` at a time, retrying transient failures.
+
+    Retrying is safe because point ids are deterministic: a batch sent twice is stored once.
+    A failure that cannot go away by waiting (a 4xx answer other than 429: bad vectors, a
+    wrong API key) is raised at once; any other is retried `retries` times, with exponential
+    backoff, before the first error is raised (batches not yet started are then dropped).
+    """
+
+    def attempt(batch: list[Any]) -> None:
+        for n in range(retries + 1):
+            try:
+                send(batch)
+                return
+            except Exception as exc:
+                status = getattr(exc, "status_code", None)
+                permanent = isinstance(status, int) and 400 <= status < 500 and status != 429
+                if permanent or isinstance(exc, (ValueError, TypeError)) or n == retries:
+                    raise
+                time.sleep(backoff_s * 2**n)
+
+    if workers <= 1 or len(batches) <= 1:
+        for batch in batches:
+            attempt(batch)
+        return
+    with ThreadPoolExecutor(min(workers, len(batches)), thread_name_prefix="qdrant-up") as pool:
+        futures = [pool.submit(attempt, batch) for batch in batches]
+        try:
+            for future in futures:
+                future.result()  # the first error, in batch order
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _sparse(vector: SparseVector | None) -> models.SparseVector | None:
+    if vector is None:
+        return None
+    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
 def _doc_filter(doc_id: str) -> models.Filter:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from qdrant_client import QdrantClient
 from rag.index import EdgeIndex, ServerIndex
 from rag.index.base import IndexMismatchError, PageIndex, check_meta
 from rag.index.schema import DIM, storage_rows
+from rag.index.text import RRF_K
 from rag.types import PageEmbedding, PageRecord, SearchFilter
 
 RTOL, ATOL = 1e-3, 1e-2
@@ -355,3 +356,150 @@ def test_reopen_keeps_points(opener: Opener, corpus: Corpus) -> None:
     assert reopened.search(q, 5) == before
     if opener.kind != "server":  # type: ignore[attr-defined]
         assert reopened.bytes_on_disk() > 0
+
+
+# -- text channel (BM25) and hybrid search ----------------------------------------------------
+
+RARE = "zanzibar"  # in exactly one page's text
+NO_TEXT = {(D, 2), (E, 5), (A, 1), (A, 4)}  # scans: no text layer, so no text vector
+
+
+def with_texts(corpus: Corpus) -> Corpus:
+    """The corpus with varied page texts: one rare term, a shared term, some pages empty."""
+    records = []
+    for r in corpus.records:
+        if (r.doc_id, r.page) in NO_TEXT:
+            text = ""
+        elif (r.doc_id, r.page) == (F, 3):
+            text = f"Shipping notice: the {RARE} consignment arrived on 12 March."
+        else:
+            topic = "revenue" if r.page % 2 else "expenditure"
+            text = f"Quarterly report, {topic} table for page {r.page} of {r.source}."
+        records.append(replace(r, text=text))
+    return Corpus(records, corpus.embeddings, corpus.queries)
+
+
+@pytest.fixture
+def text_corpus(corpus: Corpus) -> Corpus:
+    return with_texts(corpus)
+
+
+@pytest.fixture
+def text_index(opener: Opener, text_corpus: Corpus) -> PageIndex:
+    idx = opener()
+    idx.upsert(text_corpus.records, text_corpus.embeddings)
+    return idx
+
+
+def rrf(channels: list[list], weights: list[float], k: int = RRF_K) -> dict[tuple[str, int], float]:
+    """Qdrant's weighted reciprocal rank fusion: sum of 1 / (rank / weight + k - 1)."""
+    fused: dict[tuple[str, int], float] = {}
+    for hits, weight in zip(channels, weights, strict=True):
+        for rank, hit in enumerate(hits, 1):
+            key = (hit.doc_id, hit.page)
+            fused[key] = fused.get(key, 0.0) + 1 / (rank / weight + k - 1)
+    return fused
+
+
+def test_text_search_ranks_the_rare_term_first(text_index: PageIndex) -> None:
+    hits = text_index.search_text(f"When did the {RARE} shipment arrive?", 5)
+    assert (hits[0].doc_id, hits[0].page) == (F, 3)
+    assert RARE in hits[0].text and hits[0].source == "rep/notes.pdf"
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # BM25 scores only pages holding a query term; stop words alone match nothing.
+    assert [(h.doc_id, h.page) for h in text_index.search_text(RARE, 10)] == [(F, 3)]
+    assert text_index.search_text("the of and", 10) == []
+    assert text_index.search_text("   ", 10) == []
+    assert text_index.search_text(RARE, 0) == []
+
+
+def test_text_search_skips_pages_without_text(text_index: PageIndex) -> None:
+    hits = text_index.search_text("quarterly report table page", N_PAGES)
+    assert len(hits) == N_PAGES - len(NO_TEXT) - 1  # every page with that text
+    assert not {(h.doc_id, h.page) for h in hits} & NO_TEXT
+
+
+def test_filters_apply_to_the_text_channel(text_index: PageIndex) -> None:
+    # One index for every filter (not parametrized): building one takes most of a test's time.
+    for name, (flt, docs) in FILTERS.items():
+        hits = text_index.search_text("quarterly revenue expenditure", N_PAGES, flt)
+        assert {h.doc_id for h in hits} == docs, name
+        hybrid = text_index.search_hybrid(np.ones((2, DIM), np.float32), RARE, N_PAGES, flt)
+        assert {h.doc_id for h in hybrid} == docs, name
+        assert ((F, 3) in {(h.doc_id, h.page) for h in hybrid}) == (F in docs), name
+
+
+@pytest.mark.parametrize("text_weight", [1.0, 2.5])
+def test_hybrid_is_rrf_of_both_channels(
+    text_index: PageIndex, text_corpus: Corpus, text_weight: float
+) -> None:
+    q = text_corpus.queries[0]
+    text = f"{RARE} revenue"
+    hits = text_index.search_hybrid(q, text, N_PAGES, text_weight=text_weight)
+    # Every page comes back, those without text too: the visual channel ranks all of them.
+    assert len(hits) == N_PAGES
+    assert {(h.doc_id, h.page) for h in hits} >= NO_TEXT
+    expected = rrf(
+        [text_index.search_exact(q, N_PAGES), text_index.search_text(text, N_PAGES)],
+        [1.0, text_weight],
+    )
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.doc_id, hit.page], rel=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert text_index.search_hybrid(q, text, 0) == []
+
+
+def test_hybrid_without_text_terms_is_the_visual_ranking(
+    text_index: PageIndex, text_corpus: Corpus
+) -> None:
+    q = text_corpus.queries[1]
+    hybrid = text_index.search_hybrid(q, "the of", 8)  # stop words only: no text channel
+    assert [(h.doc_id, h.page) for h in hybrid] == [
+        (h.doc_id, h.page) for h in text_index.search_exact(q, 8)
+    ]
+
+
+def test_hybrid_with_the_pooled_prefetch(opener: Opener, text_corpus: Corpus) -> None:
+    index = opener(prefetch_limit=5)  # 30 pages: the two-stage visual channel really runs
+    index.upsert(text_corpus.records, text_corpus.embeddings)
+    hits = index.search_hybrid(text_corpus.queries[2], RARE, 10)
+    assert (hits[0].doc_id, hits[0].page) == (F, 3)
+    assert 5 <= len(hits) <= 10  # pooled candidates plus the text match
+    visual = {(h.doc_id, h.page) for h in index.search(text_corpus.queries[2], 5)}
+    assert visual <= {(h.doc_id, h.page) for h in hits}
+
+
+def test_set_page_text_replaces_the_text_vector(text_index: PageIndex) -> None:
+    text_index.set_page_text(A, 1, "Handwritten note about Zanzibar cloves")
+    found = {(h.doc_id, h.page) for h in text_index.search_text(RARE, 10)}
+    assert found == {(F, 3), (A, 1)}
+    assert text_index.search_text("cloves", 1)[0].text.startswith("Handwritten")
+    text_index.set_page_text(F, 3, "")
+    assert [(h.doc_id, h.page) for h in text_index.search_text(RARE, 10)] == [(A, 1)]
+    assert text_index.count() == N_PAGES
+
+
+def test_reupsert_keeps_one_text_vector_per_page(
+    text_index: PageIndex, text_corpus: Corpus
+) -> None:
+    text_index.upsert(text_corpus.records, text_corpus.embeddings)
+    assert [(h.doc_id, h.page) for h in text_index.search_text(RARE, 10)] == [(F, 3)]
+    text_index.delete_document(F)
+    assert text_index.search_text(RARE, 10) == []
+
+
+def test_index_from_before_the_text_vector_is_a_mismatch(tmp_path: Path) -> None:
+    # Schema 1 indexes have the visual vectors only; opening one must say "re-index".
+    from qdrant_edge import EdgeConfig, EdgeShard
+
+    from rag.index.edge import edge_config
+    from rag.index.server import vectors_config
+
+    old = edge_config()
+    EdgeShard.create(str(tmp_path / "edge" / "shard"), EdgeConfig(vectors=old.vectors)).close()
+    with pytest.raises(IndexMismatchError, match=r"[Rr]e-index"):
+        EdgeIndex(tmp_path / "edge")
+    client = QdrantClient(location=":memory:")
+    client.create_collection("old", vectors_config=vectors_config())
+    with pytest.raises(IndexMismatchError, match=r"[Rr]e-index"):
+        ServerIndex(client, "old")

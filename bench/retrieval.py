@@ -1,0 +1,405 @@
+"""Retrieval benchmark: PageRAG's two-stage search on N synthetic ColQwen2 pages.
+
+    python bench/retrieval.py --pages 10000 --json
+
+Measures, on the same deterministic data (bench/synthetic.py), in one run:
+- the product index (`EdgeIndex`, through the `PageIndex` API): upsert rate, build/optimise
+  time, bytes on disk per page, resident memory, query latency p50/p95 and recall@10 against
+  exact MaxSim, for the product defaults and a sweep of prefetch sizes / HNSW ef;
+- exact brute force with colpali-engine's `score_multi_vector` (the baseline every ratio uses);
+- qdrant-client's local mode through `ServerIndex.local` where it finishes in reasonable time
+  (by default only up to 1,000 pages).
+
+The exact top-10 of every query (the recall reference) is computed over all pages: a bfloat16
+pass keeps 100 candidates per query, colpali-engine rescores them in float32 on the float16
+values the index stores, and the run checks that the margin between the 10th exact score and
+the best page left out exceeds twice the worst bfloat16 error seen (`ground_truth_certified`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import synthetic
+import torch
+from _common import emit, latency_ms, log, machine, memory_mb, nproc
+from synthetic import DIM, GRID, PREFIX, QUERY_ROWS, ROWS, Dataset
+
+from rag.index import EdgeIndex, ServerIndex
+from rag.index.base import PageIndex
+from rag.types import PageEmbedding, PageRecord
+
+K = 10
+WORDS = [
+    *("total", "revenue", "fiscal", "year", "table", "quarter", "report", "annual", "net"),
+    *("income", "expenses", "region", "sales", "growth", "percent", "figure", "chart"),
+    *("county", "district", "state", "budget", "fund", "balance", "salary", "notice"),
+]
+
+
+def storage(x: np.ndarray) -> np.ndarray:
+    """float32 holding the float16 values the index stores (Qdrant rounds queries too)."""
+    return np.asarray(x, dtype=np.float16).astype(np.float32)
+
+
+def read_pages(ds: Dataset, start: int, stop: int) -> np.ndarray:
+    """Pages [start, stop) as float32, read with plain file I/O (no mmap: keeps RSS honest)."""
+    header = ds.pages.offset  # type: ignore[attr-defined]
+    count = (stop - start) * ROWS * DIM
+    with ds.path.open("rb") as fh:
+        fh.seek(header + start * ROWS * DIM * 2)
+        data = np.fromfile(fh, dtype=np.float16, count=count)
+    return data.reshape(stop - start, ROWS, DIM).astype(np.float32)
+
+
+def chunks(ds: Dataset, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    n = len(ds.pages)
+    for start in range(0, n, size):
+        yield start, read_pages(ds, start, min(start + size, n))
+
+
+# -- exact reference ----------------------------------------------------------------------
+
+
+def score_exact(queries: Sequence[np.ndarray], pages: np.ndarray) -> np.ndarray:
+    """colpali-engine's MaxSim (float32) of every query against every page: (Q, n)."""
+    from colpali_engine.models import ColQwen2Processor
+
+    scores = ColQwen2Processor.score_multi_vector(
+        [torch.from_numpy(q) for q in queries],
+        list(torch.from_numpy(pages)),
+        batch_size=128,
+        device="cpu",
+    )
+    return scores.numpy()
+
+
+def ground_truth(ds: Dataset, candidates: int = 100) -> dict[str, Any]:
+    """Exact top-K page indexes per query (cached next to the data: it is the slow part)."""
+    cache = ds.path.with_name(f"{ds.path.stem}-truth-q{len(ds.queries)}.npz")
+    if cache.exists():
+        with np.load(cache) as saved:
+            found = {key: saved[key] for key in saved.files}
+        if len(found["top"]) == len(ds.queries):
+            return {k: (v if k in ("top", "scores") else v.item()) for k, v in found.items()}
+    truth = _ground_truth(ds, candidates)
+    np.savez(cache, **truth)
+    return truth
+
+
+def _ground_truth(ds: Dataset, candidates: int) -> dict[str, Any]:
+    """Exact top-K via bfloat16 candidates + float32 rescoring by colpali-engine."""
+    started = time.perf_counter()
+    q = storage(ds.queries)
+    n_q = len(q)
+    qt = torch.from_numpy(q.reshape(-1, DIM)).bfloat16().T.contiguous()  # (DIM, Q*rows)
+    best_s = np.full((n_q, candidates), -np.inf, dtype=np.float32)
+    best_i = np.zeros((n_q, candidates), dtype=np.int64)
+    for start, chunk in chunks(ds, 256):
+        n = len(chunk)
+        pages = torch.from_numpy(chunk.reshape(-1, DIM)).bfloat16()
+        sim = pages @ qt  # (n*ROWS, Q*rows) bf16
+        approx = sim.view(n, ROWS, n_q, QUERY_ROWS).amax(1).float().sum(-1).T.numpy()  # (Q, n)
+        all_s = np.concatenate([best_s, approx], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + n), (n_q, n))], 1)
+        keep = np.argpartition(-all_s, candidates - 1, axis=1)[:, :candidates]
+        best_s = np.take_along_axis(all_s, keep, 1)
+        best_i = np.take_along_axis(all_i, keep, 1)
+    top = np.zeros((n_q, K), dtype=np.int64)
+    top_scores = np.zeros((n_q, K), dtype=np.float32)
+    worst_err, min_margin = 0.0, np.inf
+    for j in range(n_q):
+        ids = np.sort(best_i[j])
+        exact = score_exact([q[j]], np.stack([read_pages(ds, i, i + 1)[0] for i in ids]))[0]
+        approx = dict(zip(best_i[j].tolist(), best_s[j].tolist(), strict=True))
+        worst_err = max(worst_err, max(abs(approx[i] - s) for i, s in zip(ids, exact, strict=True)))
+        order = np.argsort(-exact)[:K]
+        top[j], top_scores[j] = ids[order], exact[order]
+        min_margin = min(min_margin, float(exact[order[-1]] - best_s[j].min()))
+    return {
+        "top": top,
+        "scores": top_scores,
+        "seconds": time.perf_counter() - started,
+        "bf16_max_error": worst_err,
+        "certified": bool(min_margin > 2 * worst_err),
+        "min_margin": min_margin,
+        "target_is_first": float(np.mean(top[:, 0] == ds.targets)),
+    }
+
+
+def time_exact_baseline(ds: Dataset, n_queries: int, in_memory_gb: float) -> dict[str, Any]:
+    """Per-query brute force with score_multi_vector over every page (float32 on CPU)."""
+    q = storage(ds.queries[:n_queries])
+    n = len(ds.pages)
+    fits = n * ROWS * DIM * 4 / 2**30 <= in_memory_gb
+    corpus = read_pages(ds, 0, n) if fits else None
+    times = []
+    for query in q:
+        started = time.perf_counter()
+        if corpus is not None:
+            score_exact([query], corpus)
+        else:  # too big for RAM as float32: stream it from the float16 file, as one would
+            for _, chunk in chunks(ds, 2048):
+                score_exact([query], chunk)
+        times.append(time.perf_counter() - started)
+    del corpus
+    return {
+        "mode": "in-memory float32" if fits else "streamed from float16 file",
+        "queries": n_queries,
+        **latency_ms(times),
+    }
+
+
+# -- the product index --------------------------------------------------------------------
+
+
+def page_batch(start: int, vectors: np.ndarray) -> tuple[list[PageRecord], list[PageEmbedding]]:
+    records, embeddings = [], []
+    for offset, rows in enumerate(vectors):
+        index = start + offset
+        doc_id, page = synthetic.doc_and_page(index)
+        rng = np.random.default_rng(index)
+        text = " ".join(WORDS[i] for i in rng.integers(len(WORDS), size=150))  # ~1 KB
+        source = f"reports/{int(doc_id, 16) % 100:02d}/doc{int(doc_id, 16)}.pdf"
+        records.append(
+            PageRecord(
+                doc_id=doc_id,
+                page=page,
+                pages=synthetic.PAGES_PER_DOC,
+                source=source,
+                title=f"Document {int(doc_id, 16)}",
+                image=f"/data/pages/{doc_id[:2]}/{doc_id}/p{page:04d}.png",
+                width=1224,
+                height=1584,
+                grid=GRID,
+                image_offset=PREFIX,
+                text=text,
+                tags=("bench",),
+                sources=(source,),
+                ingested_at="2025-01-01T00:00:00Z",
+            )
+        )
+        embeddings.append(PageEmbedding(vectors=rows, grid=GRID, image_offset=PREFIX))
+    return records, embeddings
+
+
+def fill(index: PageIndex, ds: Dataset, batch: int, flush_every: int = 2048) -> float:
+    """Upsert every page through the PageIndex API; seconds spent in the index (not reading).
+
+    Flushes every `flush_every` pages, as ingestion does after each document: Edge's WAL holds
+    every update until a flush (~350 KB a page), and would otherwise grow to the corpus size.
+    """
+    spent = 0.0
+    n = len(ds.pages)
+    for start, chunk in chunks(ds, batch):
+        records, embeddings = page_batch(start, chunk)
+        started = time.perf_counter()
+        index.upsert(records, embeddings)
+        done = start + len(chunk)
+        if done % flush_every < batch or done == n:
+            index.flush()
+        spent += time.perf_counter() - started
+        if done % (batch * 20) == 0:
+            log(f"  upserted {done}/{n} pages ({done / spent:.0f} pages/s)")
+    return spent
+
+
+def page_index(doc_id: str, page: int) -> int:
+    return int(doc_id, 16) * synthetic.PAGES_PER_DOC + page - 1
+
+
+def run_queries(
+    index: PageIndex, ds: Dataset, truth: np.ndarray, limit: int | None = None, exact: bool = False
+) -> dict[str, Any]:
+    queries = ds.queries[: limit or len(ds.queries)]
+    search = index.search_exact if exact else index.search
+    for q in queries[:3]:  # warm-up: first touches of the mmapped files, thread pools
+        search(q, K)
+    times, recalls = [], []
+    for j, q in enumerate(queries):
+        started = time.perf_counter()
+        hits = search(q, K)
+        times.append(time.perf_counter() - started)
+        found = {page_index(h.doc_id, h.page) for h in hits}
+        recalls.append(len(found & set(truth[j].tolist())) / K)
+    return {
+        **latency_ms(times),
+        "recall_at_10": round(float(np.mean(recalls)), 4),
+        "queries": len(queries),
+    }
+
+
+def bench_edge(ds: Dataset, truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(tempfile.mkdtemp(prefix="edge-", dir=args.data_dir))
+    n = len(ds.pages)
+    try:
+        rss_before = memory_mb()
+        index = EdgeIndex(path / "index")
+        upsert_s = fill(index, ds, args.batch)
+        log(f"edge: {n} pages upserted in {upsert_s:.1f} s; optimising")
+        started = time.perf_counter()
+        index.optimize()
+        optimize_s = time.perf_counter() - started
+        peak = index.bytes_on_disk()  # old and new segments side by side until close
+        index.close()
+        # Reopened, as a server starts on an existing index: Edge removes the segments the
+        # optimiser replaced, and the figures below are those of an index in steady state.
+        started = time.perf_counter()
+        index = EdgeIndex(path / "index")
+        open_s = time.perf_counter() - started
+        size = index.bytes_on_disk()
+        out: dict[str, Any] = {
+            "upsert_s": round(upsert_s, 1),
+            "upsert_pages_per_s": round(n / upsert_s, 1),
+            "optimize_s": round(optimize_s, 1),
+            "build_s": round(upsert_s + optimize_s, 1),
+            "open_s": round(open_s, 2),
+            "bytes_on_disk": size,
+            "bytes_per_page": round(size / n),
+            "peak_bytes_per_page": round(peak / n),
+            "segments": index._shard.info().segments_count,
+            "config": index_config(index),
+        }
+        log(f"edge: optimised in {optimize_s:.1f} s, {size / n / 1024:.1f} KiB/page; searching")
+        out["default"] = run_queries(index, ds, truth)
+        defaults = (index.prefetch_limit, getattr(index, "hnsw_ef", None))
+        sweep = []
+        for limit in args.prefetch:
+            for ef in args.ef or [defaults[1]]:
+                index.prefetch_limit = limit
+                if ef is not None:
+                    index.hnsw_ef = ef
+                row = {"prefetch_limit": limit, "hnsw_ef": ef, **run_queries(index, ds, truth)}
+                log(f"  {row}")
+                sweep.append(row)
+        index.prefetch_limit = defaults[0]
+        if defaults[1] is not None:
+            index.hnsw_ef = defaults[1]
+        out["sweep"] = sweep
+        out["memory_mb"] = {"before_open": rss_before, "after_search": memory_mb()}
+        if args.edge_exact:
+            out["exact_in_edge"] = run_queries(index, ds, truth, limit=args.edge_exact, exact=True)
+        index.close()
+        return out
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def index_config(index: EdgeIndex) -> dict[str, Any]:
+    return {
+        key: getattr(index, key)
+        for key in ("prefetch_limit", "hnsw_ef")
+        if hasattr(index, key)
+    }
+
+
+def bench_local(ds: Dataset, truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(tempfile.mkdtemp(prefix="local-", dir=args.data_dir))
+    n = len(ds.pages)
+    try:
+        index = ServerIndex.local(path / "qdrant")
+        upsert_s = fill(index, ds, args.batch)
+        size = index.bytes_on_disk()
+        log(f"local mode: {n} pages upserted in {upsert_s:.1f} s; searching")
+        out = {
+            "upsert_pages_per_s": round(n / upsert_s, 1),
+            "bytes_per_page": round(size / n),
+            **run_queries(index, ds, truth, limit=args.local_queries),
+        }
+        index.close()
+        return out
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, required=True)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("PAGERAG_BENCH_DIR", tempfile.gettempdir())) / "pagerag-bench",
+        help="where the float16 pages and the temporary indexes go (reused between runs)",
+    )
+    parser.add_argument("--keep-data", action="store_true", help="keep the generated pages")
+    parser.add_argument("--batch", type=int, default=256, help="pages per upsert call")
+    parser.add_argument("--workers", type=int, default=nproc())
+    parser.add_argument("--prefetch", type=lambda s: [int(x) for x in s.split(",")], default=[])
+    parser.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[])
+    parser.add_argument(
+        "--exact-queries", type=int, default=None, help="queries timed with score_multi_vector"
+    )
+    parser.add_argument("--exact-in-memory-gb", type=float, default=6.0)
+    parser.add_argument("--edge-exact", type=int, default=0, help="also time search_exact")
+    parser.add_argument("--local-max", type=int, default=1000, help="local mode up to N pages")
+    parser.add_argument("--local-queries", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    torch.set_num_threads(nproc())
+    log(f"generating {args.pages} pages in {args.data_dir}")
+    ds = synthetic.build(args.data_dir, args.pages, args.queries, args.seed, workers=args.workers)
+    result: dict[str, Any] = {
+        "pages": args.pages,
+        "queries": len(ds.queries),
+        "rows_per_page": ROWS,
+        "grid": GRID,
+        "machine": machine(),
+        "generate_s": round(ds.generate_seconds, 1),
+        "load_avg_start": os.getloadavg(),
+    }
+    log(f"exact reference over {args.pages} pages")
+    gt = ground_truth(ds)
+    truth = gt["top"]
+    result["ground_truth"] = {
+        k: (round(v, 4) if isinstance(v, float) else v) for k, v in gt.items() if k[0] != "t"
+    } | {"target_is_first": gt["target_is_first"]}
+    edge = bench_edge(ds, truth, args)
+    result["edge"] = edge
+    n_exact = args.exact_queries or (10 if args.pages <= 10_000 else 3)
+    log(f"exact baseline: {n_exact} queries with score_multi_vector")
+    exact = time_exact_baseline(ds, n_exact, args.exact_in_memory_gb)
+    result["exact"] = exact
+    if args.pages <= args.local_max:
+        result["local_mode"] = bench_local(ds, truth, args)
+    default = edge["default"]
+    result |= {
+        "p50_ms": default["p50_ms"],
+        "p95_ms": default["p95_ms"],
+        "recall_at_10": default["recall_at_10"],
+        "bytes_per_page": edge["bytes_per_page"],
+        "upsert_pages_per_s": edge["upsert_pages_per_s"],
+        "build_s": edge["build_s"],
+        "rss_mb": edge["memory_mb"]["after_search"].get("VmRSS"),
+        "exact_p50_ms": exact["p50_ms"],
+        "speedup_vs_exact": round(exact["p50_ms"] / default["p50_ms"], 1),
+    }
+    if "local_mode" in result:
+        result["local_mode_p50_ms"] = result["local_mode"]["p50_ms"]
+        result["edge_speedup_vs_local_mode"] = round(
+            result["local_mode"]["p50_ms"] / default["p50_ms"], 1
+        )
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    result["load_avg_end"] = os.getloadavg()
+    if not args.keep_data:
+        for path in ds.path.parent.glob(f"{ds.path.stem}*"):
+            path.unlink()
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    cli = sys.argv[1:]
+    emit(main(cli), "--json" in cli)

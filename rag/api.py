@@ -1,0 +1,188 @@
+"""The server: REST API under /api/v1, the Gradio web UI at /, health checks, one process.
+
+`create_app(service)` builds everything from the service object and keeps all state on
+`app.state` (nothing at module level), so tests can build as many apps as they like. Models load
+in a background thread at start-up: /healthz answers at once, /readyz once they are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from rag.api_deps import key_matches
+from rag.api_routes import router
+from rag.errors import user_error_status
+from rag.heatmap import HeatmapError
+from rag.index.base import IndexMismatchError, IndexUnavailableError
+from rag.jobs import JobManager
+from rag.models.generator import GenerationError
+from rag.models.loading import ModelLoadError
+from rag.service import PageRAG, PageRAGError
+from rag.workqueue import QueueFull, QueueTimeout
+
+log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """Ask questions about PDFs (charts and tables too) by looking at their pages.
+
+Model work (search, answers, similarity maps) shares one bounded queue with the web UI: when it
+is full the API answers **429** with `Retry-After`; a request past `PAGERAG_REQUEST_TIMEOUT`
+gets **504**. When `PAGERAG_API_KEYS` is set every call needs `Authorization: Bearer KEY`.
+Examples: `docs/API.md`."""
+
+
+@dataclass
+class Readiness:
+    """Set by the warm-up thread; read by /readyz."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
+
+
+def create_app(
+    service: PageRAG,
+    *,
+    startup_paths: Sequence[Path] = (),
+    ui: bool = True,
+    warm_up: bool = True,
+) -> FastAPI:
+    """The whole server for `service`. `startup_paths` are ingested (incrementally) by a
+    background job once the server starts; `ui=False` leaves the web UI out."""
+    settings = service.settings
+    jobs = JobManager(service, max_pending=max(settings.queue_size, 1))
+    readiness = Readiness()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if warm_up:
+            threading.Thread(
+                target=_load_models, args=(service, readiness), name="pagerag-warmup", daemon=True
+            ).start()
+        else:
+            readiness.ready.set()
+        if startup_paths:
+            jobs.submit_paths(startup_paths)
+        yield
+        jobs.close()
+
+    app = FastAPI(
+        title="PageRAG",
+        version="1",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.jobs = jobs
+    app.state.readiness = readiness
+    _add_error_handlers(app)
+    app.include_router(router)
+    _add_health(app)
+    if ui:
+        _mount_ui(app, service, jobs)
+    return app
+
+
+def _load_models(service: PageRAG, readiness: Readiness) -> None:
+    try:
+        service.retriever  # noqa: B018 - loads it, once per process
+        service.generator  # noqa: B018
+    except Exception as exc:  # /readyz reports it; the API answers 503 with the same message
+        log.exception("loading the models failed")
+        readiness.error = str(exc)
+        return
+    readiness.ready.set()
+
+
+def _add_health(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["status"])
+    def healthz() -> dict[str, str]:
+        """The process is up (answers while the models are still loading)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["status"], responses={503: {"description": "Not ready yet"}})
+    def readyz(request: Request) -> JSONResponse:
+        """Models loaded and index open: ready for questions."""
+        readiness: Readiness = request.app.state.readiness
+        if readiness.error:
+            body = {"status": "failed", "detail": readiness.error}
+            return JSONResponse(body, status.HTTP_503_SERVICE_UNAVAILABLE)
+        if not readiness.ready.is_set():
+            body = {"status": "starting", "detail": "loading the models"}
+            return JSONResponse(body, status.HTTP_503_SERVICE_UNAVAILABLE)
+        return JSONResponse({"status": "ready"})
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def busy(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, QueueFull)
+        return JSONResponse(
+            {"detail": str(exc)},
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    async def late(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_504_GATEWAY_TIMEOUT)
+
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, user_error_status(exc) or 500)
+
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # Logged in full; the client learns nothing internal. The process carries on.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error; see the server log"},
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
+    app.add_exception_handler(QueueFull, busy)
+    app.add_exception_handler(QueueTimeout, late)
+    for cls in (
+        PageRAGError,
+        HeatmapError,
+        GenerationError,
+        ModelLoadError,
+        IndexMismatchError,
+        IndexUnavailableError,
+    ):
+        app.add_exception_handler(cls, known)
+    app.add_exception_handler(Exception, bug)
+
+
+def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> None:
+    import gradio as gr
+
+    from ui.app import THEME, build_ui
+
+    settings = service.settings
+    keys = settings.api_key_list
+
+    def login(username: str, password: str) -> bool:
+        return key_matches(password, keys)
+
+    kwargs: dict[str, Any] = {}
+    if keys:
+        kwargs["auth"] = login
+        kwargs["auth_message"] = "Enter any user name and one of the server's API keys."
+    gr.mount_gradio_app(
+        app,
+        build_ui(service, jobs=jobs),
+        path="/",
+        # Page images are shown straight from the data directory, and nothing else from it.
+        allowed_paths=[str(settings.images_dir)],
+        max_file_size=f"{settings.max_upload_mb}mb",
+        ssr_mode=False,
+        footer_links=["settings"],  # the REST API docs are linked from the page
+        theme=THEME,
+        **kwargs,
+    )

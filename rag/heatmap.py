@@ -1,0 +1,156 @@
+"""Similarity maps: which regions of a stored page matched a question.
+
+ColQwen2 gives every 28x28-pixel patch of a page one vector; a page's stored multivector holds
+them, row by row, from `image_offset` on, in a `grid` of (rows, cols). A question token's
+similarity to each patch is a map over that grid (colpali-engine's interpretability utilities
+compute exactly this); the map shown is their mean over the question's tokens, scaled to [0, 1]
+and laid over the page image. Everything comes from the index: no page is embedded again.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from rag.types import Hit, SearchFilter
+
+if TYPE_CHECKING:
+    from rag.service import PageRAG
+
+# Colour stops of a dark-blue -> teal -> yellow ramp (like viridis): readable over black text.
+_STOPS = np.array(
+    [[48, 18, 59], [33, 102, 172], [32, 164, 134], [122, 209, 81], [253, 231, 37]], dtype=np.float32
+)
+
+
+class HeatmapError(Exception):
+    """The page cannot be mapped (not stored, or stored without its patch grid)."""
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    image: Image.Image  # the page with the map laid over it
+    relevance: np.ndarray  # (rows, cols) in [0, 1]
+    score: float  # the page's MaxSim score for the question
+
+
+def similarity_maps(
+    query: np.ndarray, page: np.ndarray, grid: tuple[int, int], image_offset: int
+) -> np.ndarray:
+    """(query_tokens, rows, cols): each question token's similarity to each image patch."""
+    rows, cols = grid
+    n = rows * cols
+    if rows < 1 or cols < 1 or image_offset < 0 or image_offset + n > len(page):
+        raise HeatmapError(
+            f"the page was stored without a usable patch grid ({rows}x{cols} at offset "
+            f"{image_offset} in {len(page)} vectors); re-ingest its document"
+        )
+    if _colpali_maps_function() is None:
+        # colpali-engine's optional `interpretability` extra (einops, matplotlib, seaborn) is
+        # not installed: the same product, computed here (tests check the two agree).
+        patches = page[image_offset : image_offset + n].reshape(rows, cols, -1)  # (r, c, dim)
+        return np.einsum("qd,rcd->qrc", query, patches)  # (q, r, c)
+    return _colpali_maps(query, page, grid, image_offset)
+
+
+@functools.cache
+def _colpali_maps_function() -> Any:
+    try:
+        from colpali_engine.interpretability.similarity_map_utils import (
+            get_similarity_maps_from_embeddings,
+        )
+    except ImportError:
+        return None
+    return get_similarity_maps_from_embeddings
+
+
+def _colpali_maps(
+    query: np.ndarray, page: np.ndarray, grid: tuple[int, int], image_offset: int
+) -> np.ndarray:
+    import torch
+
+    get_similarity_maps_from_embeddings = _colpali_maps_function()
+    rows, cols = grid
+    mask = torch.zeros((1, len(page)), dtype=torch.bool)
+    mask[0, image_offset : image_offset + rows * cols] = True
+    [maps] = get_similarity_maps_from_embeddings(
+        image_embeddings=torch.from_numpy(page)[None],  # (1, tokens, dim)
+        query_embeddings=torch.from_numpy(query)[None],  # (1, q, dim)
+        n_patches=(cols, rows),  # colpali counts (x, y): patches across, patches down
+        image_mask=mask,
+    )  # (q, cols, rows)
+    return maps.permute(0, 2, 1).numpy()  # (q, rows, cols)
+
+
+def relevance(maps: np.ndarray) -> np.ndarray:
+    """Mean over the question's tokens, min-max scaled to [0, 1] (a flat map becomes 0)."""
+    mean = maps.mean(axis=0)  # (rows, cols)
+    low, high = float(mean.min()), float(mean.max())
+    return (mean - low) / (high - low + 1e-10)
+
+
+def overlay(page: Image.Image, rel: np.ndarray, strength: float = 0.6) -> Image.Image:
+    """The page with `rel` (rows, cols in [0, 1]) upscaled over it. Weak regions stay almost
+    clear so the page remains readable; strong ones take the ramp's bright colours."""
+    base = page.convert("RGB")
+    small = Image.fromarray(np.uint8(np.clip(rel, 0, 1) * 255), mode="L")
+    level = np.asarray(small.resize(base.size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    colour = _ramp(level)  # (h, w, 3)
+    alpha = (0.12 + strength * level)[..., None]  # (h, w, 1)
+    mixed = np.asarray(base, dtype=np.float32) * (1 - alpha) + colour * alpha
+    return Image.fromarray(np.uint8(np.clip(mixed, 0, 255)))
+
+
+def _ramp(level: np.ndarray) -> np.ndarray:
+    position = level * (len(_STOPS) - 1)
+    low = np.clip(np.floor(position).astype(int), 0, len(_STOPS) - 2)
+    t = (position - low)[..., None]
+    return _STOPS[low] * (1 - t) + _STOPS[low + 1] * t
+
+
+def hit_heatmap(service: PageRAG, query: np.ndarray, hit: Hit) -> Heatmap:
+    """The map of an already-embedded question over a page found by search."""
+    vectors = service.index.page_vectors(hit.doc_id, hit.page)
+    if vectors is None:
+        raise HeatmapError(f"page {hit.page} of {hit.doc_id[:12]} is not in the index")
+    rel = relevance(similarity_maps(query, vectors, hit.grid, hit.image_offset))
+    try:
+        with Image.open(Path(hit.image)) as page:
+            image = overlay(page, rel)
+    except OSError as exc:
+        raise HeatmapError(f"the page image is missing ({exc}); re-ingest its document") from exc
+    return Heatmap(image, rel, hit.score)
+
+
+def page_heatmaps(
+    service: PageRAG, question: str, pages: Sequence[tuple[str, int]]
+) -> list[Heatmap]:
+    """Maps of `question` over stored pages, given as (full document id, page number); the
+    question is embedded once."""
+    wanted: dict[str, set[int]] = {}
+    for doc_id, page in pages:
+        wanted.setdefault(doc_id, set()).add(page)
+    stored = {doc_id: service.index.page_ids(doc_id) for doc_id in wanted}
+    for doc_id, page in pages:
+        if page not in stored[doc_id]:
+            raise HeatmapError(f"document {doc_id[:12]} has no page {page}")
+    query = service.embed_query(question)
+    # Each page's payload (grid, image offset, image path) and score come from an exact search
+    # restricted to its document: the index protocol has no payload lookup of its own.
+    found: dict[tuple[str, int], Hit] = {}
+    for doc_id in wanted:
+        flt = SearchFilter(doc_ids=(doc_id,))
+        for hit in service.index.search_exact(query, len(stored[doc_id]), flt):
+            found[(hit.doc_id, hit.page)] = hit
+    return [hit_heatmap(service, query, found[key]) for key in pages]
+
+
+def page_heatmap(service: PageRAG, question: str, doc_id: str, page: int) -> Heatmap:
+    """The map of `question` over one stored page (`doc_id` must be a full id)."""
+    return page_heatmaps(service, question, [(doc_id, page)])[0]

@@ -1,0 +1,307 @@
+"""Ingestion jobs for the server: uploads and the start-up folder, run one at a time.
+
+A job is accepted at once and runs in a background thread, so the web UI and the API can show
+its progress (files, pages, the file being read) and, when it ends, what happened to every file
+in plain words. Uploaded bytes are written under generated names in the data directory: the
+name a user gave a file is only ever shown (as the document's `source`), never used as a path.
+Jobs live in memory; a restart forgets them, while what they stored stays stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from ingest.discover import describe_content, sniff_kind
+from rag.errors import user_error_status
+from rag.workqueue import QueueFull
+
+if TYPE_CHECKING:
+    from ingest.runner import Progress
+    from rag.service import PageRAG
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["queued", "running", "done", "failed"]
+FileStatus = Literal["queued", "indexed", "unchanged", "failed"]
+
+_CHUNK = 1 << 20
+_STALE_SECONDS = 24 * 3600
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def display_name(raw: str | None) -> str:
+    """The last component of a client's file name, without control characters: shown to
+    users as the document's source, never used to build a path."""
+    name = re.split(r"[\\/]", raw or "")[-1]
+    name = _UNSAFE_NAME.sub(" ", name).strip()[:200]
+    return name or "upload"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An uploaded file written under a generated name, recognised as a PDF or an image."""
+
+    path: Path
+    name: str
+    doc_id: str  # SHA-256 of the bytes, as ingestion computes it
+
+
+def stage(src: IO[bytes], name: str, folder: Path) -> Staged | dict[str, str]:
+    """Copy an upload into `folder` under a fresh name; a `{source, error}` dict when its
+    content is not a PDF, PNG or JPEG (the extension is not looked at)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{uuid.uuid4().hex}.upload"
+    digest = hashlib.sha256()
+    head = b""
+    with dest.open("wb") as out:
+        while chunk := src.read(_CHUNK):
+            if len(head) < 1024:
+                head += chunk[: 1024 - len(head)]
+            digest.update(chunk)
+            out.write(chunk)
+    if sniff_kind(head) is None:
+        dest.unlink()
+        return {"source": name, "error": describe_content(head)}
+    return Staged(dest.resolve(), name, digest.hexdigest())
+
+
+def stage_files(
+    files: Iterable[tuple[str, IO[bytes]]], folder: Path
+) -> tuple[list[Staged], list[dict[str, str]]]:
+    """`stage` each (display name, stream): the accepted files and the refused ones."""
+    staged: list[Staged] = []
+    rejected: list[dict[str, str]] = []
+    for name, src in files:
+        result = stage(src, name, folder)
+        if isinstance(result, Staged):
+            staged.append(result)
+        else:
+            rejected.append(result)
+    return staged, rejected
+
+
+@dataclass
+class FileResult:
+    name: str
+    status: FileStatus
+    doc_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Job:
+    id: str
+    kind: Literal["upload", "folder"]
+    state: JobState = "queued"
+    created_at: str = field(default_factory=_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    # Progress, as the ingestion runner reports it.
+    files_total: int = 0
+    files_done: int = 0
+    pages_total: int = 0
+    pages_done: int = 0
+    current: str = ""
+    # Outcome.
+    indexed_documents: int = 0
+    indexed_pages: int = 0
+    skipped_documents: int = 0
+    files: list[FileResult] = field(default_factory=list)  # uploads: one per file sent
+    errors: list[dict[str, str]] = field(default_factory=list)  # {source, error}
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {source, warning}
+    message: str = ""  # why the whole job failed (a model that cannot load, ...)
+    # Work order, not shown.
+    paths: list[Path] = field(default_factory=list, repr=False)
+    sources: dict[Path, str] = field(default_factory=dict, repr=False)
+    folder: Path | None = field(default=None, repr=False)  # staged uploads, removed at the end
+
+    def view(self) -> dict[str, Any]:
+        data = asdict(self)
+        for private in ("paths", "sources", "folder"):
+            data.pop(private)
+        return data
+
+
+class JobManager:
+    """Runs ingestion jobs one after another in a worker thread (ingestion holds the service's
+    write lock anyway); at most `max_pending` jobs may wait."""
+
+    def __init__(self, service: PageRAG, *, max_pending: int = 16, keep: int = 200) -> None:
+        self.service = service
+        self.max_pending = max_pending
+        self._keep = keep
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+        self._todo: queue.Queue[Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        # Each manager stages under its own folder, removed when it closes; folders left by a
+        # process that died are removed once they are clearly stale (nobody can ask for them).
+        self.uploads_dir = service.settings.uploads_dir / uuid.uuid4().hex
+        _remove_stale(service.settings.uploads_dir, older_than=_STALE_SECONDS)
+
+    # -- submitting -----------------------------------------------------------------------
+    def upload_folder(self) -> Path:
+        """A fresh folder to stage one request's files in."""
+        return self.uploads_dir / uuid.uuid4().hex
+
+    def submit_upload(
+        self, staged: Sequence[Staged], rejected: Sequence[dict[str, str]], folder: Path
+    ) -> Job:
+        job = Job(
+            id=uuid.uuid4().hex,
+            kind="upload",
+            files=[FileResult(r["source"], "failed", error=r["error"]) for r in rejected]
+            + [FileResult(s.name, "queued", s.doc_id) for s in staged],
+            errors=list(rejected),
+            paths=[s.path for s in staged],
+            sources={s.path: s.name for s in staged},
+            folder=folder,
+        )
+        return self._submit(job)
+
+    def submit_paths(self, paths: Sequence[Path]) -> Job:
+        return self._submit(Job(id=uuid.uuid4().hex, kind="folder", paths=list(paths)))
+
+    def _submit(self, job: Job) -> Job:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            pending = sum(j.state == "queued" for j in self._jobs.values())
+            if pending >= self.max_pending:
+                self._discard(job)
+                raise QueueFull(retry_after=30, waiting=pending)
+            self._jobs[job.id] = job
+            self._forget_old()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="pagerag-jobs", daemon=True)
+                self._worker.start()
+        if job.paths:
+            self._todo.put(job)
+        else:  # every file was refused: nothing to run
+            self._end(job, "failed", "none of the files is a PDF or an image")
+        return job
+
+    def _forget_old(self) -> None:
+        while len(self._jobs) > self._keep:
+            oldest = next(iter(self._jobs.values()))
+            if oldest.state in ("queued", "running"):
+                return
+            self._jobs.popitem(last=False)
+
+    # -- reading --------------------------------------------------------------------------
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.view() if job else None
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [j.view() for j in reversed(self._jobs.values())]
+
+    def wait(self, job_id: str, timeout: float = 60.0) -> dict[str, Any] | None:
+        """Poll until the job has ended (or `timeout` passes); for tests and scripts."""
+        end = time.monotonic() + timeout
+        while (view := self.get(job_id)) and view["state"] in ("queued", "running"):
+            if time.monotonic() > end:
+                break
+            time.sleep(0.05)
+        return view
+
+    # -- running --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._todo.get()) is not None:
+            try:
+                self._run(job)
+            except Exception as exc:  # a job must never take the worker (or the server) down
+                if user_error_status(exc) is None:
+                    log.exception("ingestion job %s failed", job.id)
+                    message = f"ingestion failed ({type(exc).__name__}: {exc})"
+                else:
+                    message = str(exc)
+                self._end(job, "failed", message)
+
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            job.state, job.started_at = "running", _now()
+        # Files already in the library when the job starts are skipped: say "unchanged" for
+        # them rather than "indexed".
+        known = {d.doc_id for d in self.service.documents()}
+        report = self.service.ingest(
+            job.paths, sources=job.sources or None, on_progress=lambda p: self._progress(job, p)
+        )
+        with self._lock:
+            job.indexed_documents = report.indexed_documents
+            job.indexed_pages = report.indexed_pages
+            job.skipped_documents = report.skipped_documents
+            job.errors.extend(report.failed)
+            job.warnings.extend(report.warnings)
+            failed = {f["source"]: f["error"] for f in report.failed}
+            for f in job.files:
+                if f.status == "failed":
+                    continue
+                if f.name in failed:
+                    f.status, f.error = "failed", failed[f.name]
+                elif f.status == "queued":
+                    f.status = "unchanged" if f.doc_id in known else "indexed"
+        self._end(job, "done")
+
+    def _progress(self, job: Job, p: Progress) -> None:
+        with self._lock:
+            job.files_total, job.files_done = p.files_total, p.files_done
+            job.pages_total, job.pages_done = p.pages_total, p.pages_done
+            job.current = p.current
+
+    def _end(self, job: Job, state: JobState, message: str = "") -> None:
+        with self._lock:
+            job.state, job.message, job.finished_at = state, message, _now()
+            if state == "failed":
+                for f in job.files:
+                    if f.status == "queued":
+                        f.status, f.error = "failed", message
+        self._discard(job)
+
+    def _discard(self, job: Job) -> None:
+        if job.folder is not None:
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop taking jobs; the running one may finish within `timeout` (an interrupted one
+        resumes at the next ingestion of the same files)."""
+        with self._lock:
+            self._closed = True
+            worker = self._worker
+        self._todo.put(None)
+        if worker is not None:
+            worker.join(timeout)
+        if worker is None or not worker.is_alive():
+            shutil.rmtree(self.uploads_dir, ignore_errors=True)
+
+
+def _remove_stale(folder: Path, older_than: float) -> None:
+    if not folder.is_dir():
+        return
+    cutoff = time.time() - older_than
+    for entry in folder.iterdir():
+        try:
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # removed meanwhile by another manager
+            continue

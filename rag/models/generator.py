@@ -1,0 +1,365 @@
+"""Qwen2-VL generator: a question and page images in, an answer out, streamed as it is written."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from rag.config import Settings
+from rag.models.device import resolve_device_dtype
+from rag.models.loading import ModelLoadError, ModelSource, load_error, resolve_model_source
+from rag.prompt import PromptPage, Turn, build_messages
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import ProcessorMixin, Qwen2VLForConditionalGeneration
+
+SETTING = "PAGERAG_GENERATOR_MODEL"
+KIND = "Qwen2-VL"
+
+
+class GenerationError(RuntimeError):
+    """The pages cannot be shown to the model, or the device ran out of memory."""
+
+
+class GeneratorPage(PromptPage, Protocol):
+    """A labelled page with its image: a path (as in `rag.types.Hit`) or a loaded image."""
+
+    @property
+    def image(self) -> str | Path | Image.Image: ...
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    prompt_tokens: int  # text and image tokens
+    completion_tokens: int  # as generated, the end-of-turn token included
+    image_tokens: int  # visual tokens over all pages (bounded by the budget)
+    prepare_seconds: float  # opening images, the chat template and the processor
+    first_token_seconds: float  # from the call to the first new token (prefill included)
+    seconds: float  # the whole call
+
+
+class Generator:
+    """Wraps transformers' Qwen2VLForConditionalGeneration; build it with `Generator.load`."""
+
+    def __init__(
+        self,
+        model: Qwen2VLForConditionalGeneration,
+        processor: ProcessorMixin,
+        *,
+        model_id: str,
+        revision: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        min_pixels: int = 256 * 28 * 28,
+        max_pixels: int = 1024 * 28 * 28,
+        visual_token_budget: int = 3072,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        min_new_tokens: int = 0,  # > 0 forces a fixed length (benchmarks, tests)
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.revision = revision
+        self.device = device
+        self.dtype = dtype
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.visual_token_budget = visual_token_budget
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.min_new_tokens = min_new_tokens
+        image_processor = processor.image_processor  # type: ignore[attr-defined]
+        self.merge_size = int(image_processor.merge_size)
+        self.pixels_per_token = (int(image_processor.patch_size) * self.merge_size) ** 2  # 28*28
+        self.image_token_id = int(processor.image_token_id)  # type: ignore[attr-defined]
+
+    @classmethod
+    def load(cls, settings: Settings) -> Generator:
+        device, dtype = resolve_device_dtype(settings)
+        source = resolve_model_source(
+            settings.generator_model, settings.generator_revision, setting=SETTING, kind=KIND
+        )
+        return cls(
+            _load_model(source, device, dtype),
+            _load_processor(source),
+            model_id=source.model_id,
+            revision=source.revision,
+            device=device,
+            dtype=dtype,
+            min_pixels=settings.gen_min_pixels,
+            max_pixels=settings.gen_max_pixels,
+            visual_token_budget=settings.visual_token_budget,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+        )
+
+    def pixel_limits(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """(min_pixels, max_pixels) per page so that the pages' tokens fit the budget together.
+
+        `sizes` are (width, height). The even share of the budget is exact for ordinary pages;
+        rounding to whole 28x28 patches can overshoot for extreme aspect ratios, so the count
+        is checked with the processor's own arithmetic and the cap lowered until it fits.
+        """
+        if not sizes:
+            return self.min_pixels, self.max_pixels
+        budget = self.visual_token_budget
+        tokens = min(self.max_pixels // self.pixels_per_token, budget // len(sizes))
+        while tokens >= 1:
+            max_px = tokens * self.pixels_per_token
+            min_px = min(self.min_pixels, max_px)
+            if sum(self._image_tokens(w, h, min_px, max_px) for w, h in sizes) <= budget:
+                return min_px, max_px
+            tokens = min(tokens - 1, tokens * 9 // 10)
+        raise GenerationError(
+            f"{len(sizes)} pages do not fit in PAGERAG_VISUAL_TOKEN_BUDGET={budget} visual "
+            "tokens; raise it or ask with fewer pages."
+        )
+
+    def _image_tokens(self, width: int, height: int, min_px: int, max_px: int) -> int:
+        try:
+            patches = self.processor.image_processor.get_number_of_image_patches(  # type: ignore[attr-defined]
+                height, width, {"min_pixels": min_px, "max_pixels": max_px}
+            )
+        except ValueError as exc:  # Qwen2-VL refuses aspect ratios over 200:1
+            raise GenerationError(f"a {width}x{height} page image cannot be shown: {exc}") from exc
+        return int(patches) // self.merge_size**2
+
+    def prepare(
+        self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()
+    ) -> dict[str, Any]:
+        """The processor's tensors (on the model's device) for the question and the pages."""
+        images = [_open(p.image) for p in pages]
+        min_px, max_px = self.pixel_limits([im.size for im in images])
+        text = self.processor.apply_chat_template(  # type: ignore[attr-defined]
+            build_messages(question, pages, history), tokenize=False, add_generation_prompt=True
+        )
+        inputs = self.processor(  # type: ignore[operator]
+            text=[text],
+            images=images or None,
+            size={"shortest_edge": min_px, "longest_edge": max_px},
+            return_tensors="pt",
+        )
+        return inputs.to(self.device)
+
+    def stream(
+        self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()
+    ) -> Stream:
+        """Start generating in a background thread; iterate the result for the text."""
+        started = time.perf_counter()
+        inputs = self.prepare(question, pages, history)
+        prepared = time.perf_counter()
+        tokenizer = self.processor.tokenizer  # type: ignore[attr-defined]
+        streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        kwargs = {
+            **inputs,
+            "streamer": streamer,
+            "generation_config": self._generation_config(),
+            "stopping_criteria": StoppingCriteriaList([_StopWhenSet(stop)]),
+        }
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        image_tokens = int((inputs["input_ids"] == self.image_token_id).sum())
+        outcome: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                outcome["ids"] = self.model.generate(**kwargs)  # (1, prompt + new)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                outcome["error"] = exc
+                streamer.end()  # unblocks the consumer
+
+        thread = threading.Thread(target=generate, name="pagerag-generate", daemon=True)
+        thread.start()
+
+        def finish(text: str) -> Generated:
+            if "error" in outcome:
+                raise _friendly(outcome["error"]) from outcome["error"]
+            completion = int(outcome["ids"].shape[1]) - prompt_tokens
+            ended = time.perf_counter()
+            return Generated(
+                text=text,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
+                image_tokens=image_tokens,
+                prepare_seconds=prepared - started,
+                first_token_seconds=(streamer.first_token_at or ended) - started,
+                seconds=ended - started,
+            )
+
+        return Stream(streamer, thread, stop, finish)
+
+    def answer(
+        self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()
+    ) -> Generated:
+        stream = self.stream(question, pages, history)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def _generation_config(self) -> Any:
+        # Start from the checkpoint's config (end-of-turn ids, repetition penalty) and override
+        # the sampling: Qwen2-VL-Instruct ships top_k=1/top_p=0.001, which would make any
+        # temperature greedy, and greedy runs warn about sampling flags left set.
+        config = copy.deepcopy(self.model.generation_config)
+        sample = self.temperature > 0
+        config.do_sample = sample
+        config.temperature = self.temperature if sample else None
+        config.top_k = None
+        config.top_p = None
+        config.max_new_tokens = self.max_new_tokens
+        config.min_new_tokens = min(self.min_new_tokens, self.max_new_tokens) or None
+        return config
+
+
+class Stream:
+    """Text chunks as the model writes them; `result` is set when the iteration ends.
+
+    Leaving early (closing the iterator, or dropping it) stops the generation at the next token,
+    so an abandoned request does not keep the device busy.
+    """
+
+    def __init__(
+        self,
+        streamer: _Streamer,
+        thread: threading.Thread,
+        stop: threading.Event,
+        finish: Callable[[str], Generated],
+    ) -> None:
+        self.result: Generated | None = None
+        self._streamer = streamer
+        self._thread = thread
+        self._stop = stop
+        self._finish = finish
+        self._chunks = self._iterate()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def _iterate(self) -> Iterator[str]:
+        parts: list[str] = []
+        try:
+            for chunk in self._streamer:
+                if chunk:  # the streamer emits "" while a word is incomplete
+                    parts.append(chunk)
+                    yield chunk
+        finally:
+            self._stop.set()  # a no-op when generation already ended
+            self._thread.join()
+        self.result = self._finish("".join(parts))
+
+
+class _Streamer(TextIteratorStreamer):
+    """Also notes when the first new token arrives (text is released only at word ends)."""
+
+    first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.next_tokens_are_prompt and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        super().put(value)
+
+
+class _StopWhenSet(StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )  # type: ignore[return-value]
+
+
+def _friendly(exc: BaseException) -> BaseException:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return GenerationError(
+            "the device ran out of memory while answering; lower PAGERAG_VISUAL_TOKEN_BUDGET, "
+            "PAGERAG_ASK_PAGES or PAGERAG_MAX_NEW_TOKENS."
+        )
+    return exc
+
+
+def _open(image: str | Path | Image.Image) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenerationError(
+            f"cannot read the page image {image} ({exc}); re-ingest its document."
+        ) from exc
+
+
+def _load_model(
+    source: ModelSource, device: torch.device, dtype: torch.dtype
+) -> Qwen2VLForConditionalGeneration:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    if source.is_adapter:
+        raise load_error(
+            source.model_id,
+            "it is a PEFT adapter; merge it into its base model and point to the result",
+            setting=SETTING,
+            kind=KIND,
+        )
+    try:
+        model, info = Qwen2VLForConditionalGeneration.from_pretrained(
+            str(source.path), dtype=dtype, device_map=str(device), output_loading_info=True
+        )
+    except (OSError, ValueError) as exc:
+        raise load_error(source.model_id, str(exc), setting=SETTING, kind=KIND) from exc
+    # A ColQwen2 (or other embedding) checkpoint loads too, with a random language-model head.
+    if any(k.startswith("lm_head") for k in info.get("missing_keys", ())):
+        raise load_error(
+            source.model_id,
+            "it is not a Qwen2-VL generation checkpoint (no lm_head weights)",
+            setting=SETTING,
+            kind=KIND,
+        )
+    return model.eval()
+
+
+def _load_processor(source: ModelSource) -> ProcessorMixin:
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(source.path))
+    except (OSError, ValueError, TypeError) as exc:
+        raise load_error(
+            source.model_id, f"its processor does not load: {exc}", setting=SETTING, kind=KIND
+        ) from exc
+    if not getattr(processor, "image_processor", None) or not getattr(
+        processor, "chat_template", None
+    ):
+        raise load_error(
+            source.model_id,
+            "its processor has no image processor or chat template (use an -Instruct checkpoint)",
+            setting=SETTING,
+            kind=KIND,
+        )
+    return processor
+
+
+__all__ = ["Generated", "GenerationError", "Generator", "ModelLoadError", "Stream"]

@@ -1,0 +1,155 @@
+"""The web UI without a browser: `build_ui` wiring and the actions its events run."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from rag.jobs import JobManager
+from rag.service import PageRAG
+from rag.workqueue import WorkQueue
+from tests.pdfs import make_pdf
+from tests.serving import make_library, serving_service
+from ui import actions
+from ui.app import build_ui
+
+
+@pytest.fixture(scope="module")
+def service(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_colqwen_dir: Path,
+    tiny_generator_dir: Path,
+    tiny_retriever,
+    tiny_generator,
+) -> Iterator[PageRAG]:
+    svc = serving_service(
+        tmp_path_factory.mktemp("ui-data"),
+        tiny_colqwen_dir,
+        tiny_generator_dir,
+        tiny_retriever,
+        tiny_generator,
+        new_tokens=16,
+    )
+    svc.ingest([make_library(tmp_path_factory.mktemp("ui-library"))])
+    yield svc
+    svc.close()
+
+
+def test_build_ui_builds_without_launching(service: PageRAG) -> None:
+    demo = build_ui(service)
+    assert isinstance(demo, gr.Blocks) and not demo.is_running
+    tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    assert tabs == ["Ask", "Library", "Status"]
+    ids = {b.elem_id for b in demo.blocks.values()}
+    assert {"chat", "question", "pages", "citations", "show-map", "upload", "documents"} <= ids
+
+
+def test_ask_streams_the_answer_then_shows_pages_and_chips(service: PageRAG) -> None:
+    texts = []
+    for view in actions.ask(service, "Total 2015?", [], [], 2, [], False):
+        texts.append(view.chat[-1]["content"])  # the same view object, updated step by step
+    assert texts[0] == ""  # the question shows at once, before any model work
+    streamed = [t for t in texts if t]
+    assert len(set(streamed)) >= 2  # the text grew in several steps
+    assert all(b.startswith(a) for a, b in itertools.pairwise(streamed))
+    answer = texts[-1]
+    assert view.chat == [
+        {"role": "user", "content": "Total 2015?"},
+        {"role": "assistant", "content": answer},
+    ]
+    assert len(view.gallery) == 2 and [i for _, i in view.chips] == [0, 1]
+    image, caption = view.gallery[0]
+    assert Path(image).is_file() and caption.startswith("[1] ") and "score" in caption
+    assert view.turns == [("Total 2015?", answer)]
+    assert "retrieval" in view.note
+    assert [p["label"] for p in view.pages] == [1, 2] and view.question == "Total 2015?"
+
+
+def test_follow_up_questions_send_the_history(
+    service: PageRAG, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+    original = service.ask_stream
+
+    def spy(question: str, k: Any, flt: Any, history: Any, **kwargs: Any) -> Any:
+        seen.append(list(history))
+        return original(question, k, flt, history, **kwargs)
+
+    monkeypatch.setattr(service, "ask_stream", spy)
+    first = list(actions.ask(service, "Revenue?", [], [], 1, [], False))[-1]
+    second = list(actions.ask(service, "And costs?", first.chat, first.turns, 1, [], False))[-1]
+    assert seen == [[], [("Revenue?", first.turns[0][1])]]
+    assert len(second.chat) == 4 and len(second.turns) == 2
+
+
+def test_document_filter_and_similarity_maps(service: PageRAG) -> None:
+    [minutes] = [d.doc_id for d in service.documents() if d.source == "minutes.pdf"]
+    final = list(actions.ask(service, "Budget", [], [], 5, [minutes], True, "visual"))[-1]
+    assert {p["source"] for p in final.pages} == {"minutes.pdf"} and len(final.pages) == 2
+    for (image, caption), page in zip(final.gallery, final.pages, strict=True):
+        assert isinstance(image, Image.Image) and caption.endswith("similarity map")
+        with Image.open(page["image"]) as original:
+            assert image.size == original.size
+    plain = actions.gallery(service, final.question, final.pages, False)
+    assert [i for i, _ in plain] == [p["image"] for p in final.pages]
+    maps = actions.gallery(service, final.question, final.pages, True)  # takes its own ticket
+    assert all(isinstance(i, Image.Image) for i, _ in maps)
+    assert service.work.stats()["running"] == 0
+
+
+def test_a_busy_server_says_so_in_the_chat(service: PageRAG) -> None:
+    original = service.work
+    service.work = WorkQueue(max_waiting=0, timeout=1.0)
+    try:
+        with service.work.acquire():  # somebody else is using the model
+            final = list(actions.ask(service, "Total?", [], [], 2, [], False))[-1]
+        assert final.chat[-1]["content"].startswith("**Not answered:**")
+        assert "busy" in final.note
+        assert final.turns == [] and final.gallery == []
+    finally:
+        service.work = original
+
+
+def test_upload_reports_progress_and_plain_errors_then_delete(
+    service: PageRAG, tmp_path: Path, corpus: Path
+) -> None:
+    jobs = JobManager(service)
+    drop = tmp_path / "gradio-upload"  # Gradio hands over temporary copies, named as sent
+    good = make_pdf(drop / "a" / "board minutes.pdf", ["Board", "Votes", "Motions"])
+    empty = drop / "b" / "empty.pdf"
+    empty.parent.mkdir(parents=True)
+    empty.write_bytes((corpus / "empty.pdf").read_bytes())
+    updates: list[dict[str, Any]] = []
+    job = actions.upload(jobs, [good, empty], updates.append, poll=0.01)
+    assert job["state"] == "done" and updates[-1] == job
+    assert any(u["pages_total"] == 3 for u in updates)
+    report = actions.job_report(job)
+    assert "Added 1 document (3 pages)" in report
+    assert "**empty.pdf**: the file is empty" in report and "1 file could not be read" in report
+    assert actions.folder_problems(jobs) == ""  # uploads report on their own
+    folder = jobs.submit_paths([empty, tmp_path / "missing.pdf"])
+    jobs.wait(folder.id)
+    problems = actions.folder_problems(jobs)
+    assert "2 files of the start-up folder" in problems and "**empty.pdf**" in problems
+    view = actions.library(service)
+    row = next(r for r in view.rows if r[0] == "board minutes.pdf")
+    assert row[1] == 3
+    assert any(c.startswith("board minutes.pdf") for _, c in view.thumbnails)
+    doc_id = next(v for label, v in view.choices if label.startswith("board minutes.pdf"))
+    assert "Deleted **board minutes.pdf** (3 pages)" in actions.delete(service, doc_id)
+    assert all(r[0] != "board minutes.pdf" for r in actions.library(service).rows)
+    assert "no document" in actions.delete(service, doc_id)
+    assert "Choose a document" in actions.delete(service, None)
+    jobs.close()
+
+
+def test_status_lists_models_index_and_queue(service: PageRAG) -> None:
+    text = actions.status(service)
+    for words in ("Retriever", "Generator", "Device", "qdrant-edge", "Pages", "Model queue"):
+        assert words in text

@@ -1,0 +1,209 @@
+"""The web UI in a real browser: Debian's chromium driven by Playwright, against the real
+server (uvicorn on 127.0.0.1, the tiny models). Upload PDFs, see them in the library, ask a
+question, watch the answer stream in, see the retrieved pages and their similarity maps.
+
+Playwright cannot download its own browser here, so the system's chromium is launched by path
+(`make test` installs Debian's `chromium` where it is missing; PAGERAG_CHROMIUM overrides the
+path). Set PAGERAG_UPDATE_SCREENSHOTS=1 to refresh the README's screenshots in docs/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag.api import create_app
+from rag.service import PageRAG
+from tests.conftest import CORPUS
+from tests.pdfs import make_pdf
+from tests.serving import running_server, serving_service
+
+pytestmark = [
+    pytest.mark.browser,
+    # Gradio's queue still uses pandas options that pandas 3 deprecates; not ours to fix.
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000  # generous: a busy 2-core machine slows Gradio down a lot
+
+
+def chromium_path() -> str | None:
+    for candidate in (
+        os.environ.get("PAGERAG_CHROMIUM"),
+        shutil.which("chromium"),
+        "/usr/bin/chromium",
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+class PacedGenerator:
+    """The tiny generator, its text chunks handed out a little apart, so a browser polling the
+    page can see the answer grow (the tiny model writes a whole answer in milliseconds)."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def stream(self, question: str, pages: Sequence[Any], history: Sequence[Any] = ()) -> Any:
+        return PacedStream(self.inner.stream(question, pages, history), self.delay)
+
+
+class PacedStream:
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    @property
+    def result(self) -> Any:
+        return self.inner.result
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.inner:
+            time.sleep(self.delay)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(
+            "no chromium found (install Debian's `chromium`, as `make test` does, "
+            "or set PAGERAG_CHROMIUM)"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def service(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_colqwen_dir: Path,
+    tiny_generator_dir: Path,
+    tiny_retriever,
+    tiny_generator,
+) -> Iterator[PageRAG]:
+    svc = serving_service(
+        tmp_path_factory.mktemp("browser-data"),
+        tiny_colqwen_dir,
+        tiny_generator_dir,
+        tiny_retriever,
+        tiny_generator,
+        new_tokens=24,
+        max_visual_tokens=64,  # a finer patch grid: the similarity map shows more detail
+    )
+    svc._generator = PacedGenerator(svc._generator, delay=0.15)  # type: ignore[assignment]
+    yield svc
+    svc.close()
+
+
+def settle(page: Any, selector: str) -> None:
+    """Wait until the images under `selector` are loaded and Gradio's busy overlay is gone."""
+    page.wait_for_function(
+        f"[...document.querySelectorAll('{selector} img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    page.wait_for_selector(f"{selector} [data-testid='status-tracker'].hide", state="attached")
+    page.wait_for_timeout(400)  # Gradio fades updated components in
+
+
+def screenshot(page: Any, tmp_path: Path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / name), full_page=True)
+    if os.environ.get("PAGERAG_UPDATE_SCREENSHOTS"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(tmp_path / name, ROOT / "docs" / name)
+
+
+def test_upload_ask_stream_gallery_and_similarity_map(
+    browser: Any, service: PageRAG, tmp_path: Path
+) -> None:
+    files = [make_pdf(tmp_path / "in" / "quarterly-report.pdf", ["Revenue 2015", "Costs 2015"])]
+    table = CORPUS / "nics-background-checks-2015-11.pdf"
+    if table.is_file():  # a real table makes a more telling screenshot
+        files.append(table)
+    notes = tmp_path / "in" / "notes.pdf"
+    notes.write_text("plain text, not a PDF")
+    with running_server(create_app(service)) as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_selector("#chat")
+
+        # Library: drop the files, add them, see the documents and the per-file error.
+        page.get_by_role("tab", name="Library").click()
+        page.locator("#upload input[type=file]").set_input_files([str(f) for f in [*files, notes]])
+        page.wait_for_function("document.querySelector('#upload').innerText.includes('notes.pdf')")
+        page.locator("#add-button").click()
+        page.wait_for_function(
+            "document.querySelector('#upload-report').innerText.includes('could not be read')"
+        )
+        report = page.inner_text("#upload-report")
+        assert f"Added {len(files)} documents" in report
+        assert "notes.pdf: the file is plain text" in report
+        page.wait_for_function(
+            "document.querySelector('#documents').innerText.includes('quarterly-report.pdf')"
+        )
+        assert page.locator("#thumbs img").count() == len(files)
+        settle(page, "#thumbs")
+        screenshot(page, tmp_path, "ui-library.png")
+
+        # Ask: the answer streams in, then the pages and their source chips appear.
+        page.get_by_role("tab", name="Ask").click()
+        page.locator("#question textarea").fill("What were the costs in 2015?")
+        page.locator("#question textarea").press("Enter")
+        bot = page.locator("#chat [data-testid='bot']")
+        seen: list[str] = []
+        end = time.monotonic() + TIMEOUT_MS / 1000
+        while "retrieval" not in page.inner_text("#ask-note"):
+            assert time.monotonic() < end, "no answer"
+            if bot.count():
+                seen.append(bot.last.inner_text())
+            time.sleep(0.03)
+        final = bot.last.inner_text()
+        partial = [t for t in dict.fromkeys(seen) if t and t != final]
+        assert partial, "the answer appeared at once instead of streaming"
+        page.wait_for_function("document.querySelectorAll('#pages img').length == 2")
+        captions = page.locator("#pages .caption-label").all_inner_texts()
+        assert len(captions) == 2 and all("score" in c for c in captions)
+        chips = page.locator("#citations label")
+        assert chips.count() == 2 and chips.first.inner_text().lstrip("★ ").startswith("[1]")
+
+        # The similarity-map toggle swaps in the overlays.
+        before = page.locator("#pages img").first.get_attribute("src")
+        page.locator("#show-map input").check()
+        page.wait_for_function(
+            "[...document.querySelectorAll('#pages .caption-label')]"
+            ".every(c => c.innerText.includes('similarity map'))"
+        )
+        assert page.locator("#pages img").first.get_attribute("src") != before
+        settle(page, "#pages")
+        screenshot(page, tmp_path, "ui.png")
+
+        # A source chip opens its page in the gallery.
+        chips.nth(1).click()
+        page.wait_for_selector("#pages .preview")
+        page.close()
