@@ -147,6 +147,7 @@ class Dataset:
     """Pages as a float16 memmap (pages, ROWS, DIM) on disk, queries and their targets."""
 
     path: Path
+    seed: int
     pages: np.ndarray  # float16 memmap
     queries: np.ndarray  # (Q, QUERY_ROWS, DIM) float32
     targets: np.ndarray  # (Q,) page index each query was drawn from
@@ -200,4 +201,4 @@ def build(
         seconds = time.perf_counter() - started
         done.write_text(json.dumps({"pages": pages, "seed": seed, "generate_seconds": seconds}))
     memmap = np.load(data, mmap_mode="r")
-    return Dataset(data, memmap, qs, tgt, seconds)
+    return Dataset(data, seed, memmap, qs, tgt, seconds)

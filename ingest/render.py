@@ -106,7 +106,13 @@ def _load_image(path: Path, limits: RenderLimits) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; we refuse from 1x.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only
+                if img.width * img.height > limits.image_max_pixels:
+                    raise RenderError(
+                        f"the image has {img.width * img.height:,} pixels, more than "
+                        f"PAGERAG_IMAGE_MAX_PIXELS ({limits.image_max_pixels:,}); refusing to "
+                        "decode it (a decompression bomb?)"
+                    )
                 img.load()
                 image = img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -196,9 +202,10 @@ def _render_page(
     else:
         image = _render_poppler(path, number, scale * 72, password)
     # Renderers have been seen to return a 1x1 image and succeed; trust the size, not the exit.
-    if abs(image.width - expected[0]) > 2 + expected[0] // 50 or abs(
-        image.height - expected[1]
-    ) > 2 + expected[1] // 50:
+    if (
+        abs(image.width - expected[0]) > 2 + expected[0] // 50
+        or abs(image.height - expected[1]) > 2 + expected[1] // 50
+    ):
         raise RenderError(
             f"page {number}: the renderer returned a {image.width} x {image.height} image "
             f"instead of {expected[0]} x {expected[1]}"

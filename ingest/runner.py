@@ -270,7 +270,9 @@ class IngestRunner:
         progress.pages_done = report.indexed_pages
         self._notify(progress)
 
-    def _render_all(self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event) -> None:
+    def _render_all(
+        self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event
+    ) -> None:
         def put(item: object) -> None:
             while not stop.is_set():
                 try:

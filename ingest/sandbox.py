@@ -7,6 +7,7 @@ RenderError with the reason, and the next file gets a fresh worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -53,7 +54,8 @@ class RenderSandbox:
 
     # -- public ---------------------------------------------------------------------------
     def inspect(self, path: Path, kind: str, password: str | None = None) -> OpenedDocument:
-        reply = self._request({"op": "inspect", "path": str(path), "kind": kind, "password": password})
+        request = {"op": "inspect", "path": str(path), "kind": kind, "password": password}
+        reply = self._request(request, "opening the file")
         return OpenedDocument(pages=reply["pages"], title=reply["title"])
 
     def render(
@@ -76,19 +78,20 @@ class RenderSandbox:
             "skip": sorted(skip or ()),
             "out_dir": str(out_dir),
         }
-        reply = self._request(request)
+        first = min(set(range(1, self.limits.max_pages + 2)) - set(skip or ()))
+        reply = self._request(request, f"rendering page {first}")
         while "done" not in reply:
             yield SandboxPage(
                 reply["page"], Path(reply["image"]), reply["width"], reply["height"], reply["text"]
             )
-            reply = self._receive(f"page {reply['page'] + 1}")
+            reply = self._receive(f"rendering the page after page {reply['page']}")
 
     def close(self) -> None:
         if self._proc is not None:
             self._kill()
 
     # -- protocol -------------------------------------------------------------------------
-    def _request(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, request: dict[str, Any], what: str) -> dict[str, Any]:
         proc = self._ensure()
         assert proc.stdin is not None
         request["limits"] = asdict(self.limits)
@@ -96,8 +99,8 @@ class RenderSandbox:
             proc.stdin.write((json.dumps(request) + "\n").encode())
             proc.stdin.flush()
         except BrokenPipeError:
-            self._crashed("opening the file")
-        return self._receive("opening the file")
+            self._crashed(what)
+        return self._receive(what)
 
     def _receive(self, what: str) -> dict[str, Any]:
         line = self._readline(what)
@@ -162,10 +165,8 @@ class RenderSandbox:
         self._buffer = b""
         if proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:

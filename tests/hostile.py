@@ -33,7 +33,12 @@ def _stream(data: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-def one_page_pdf(mediabox: bytes = b"[0 0 612 792]", content: bytes = b"", resources: bytes = b"<< >>", extra_objects: list[bytes] | None = None) -> bytes:  # noqa: E501
+def one_page_pdf(
+    mediabox: bytes = b"[0 0 612 792]",
+    content: bytes = b"",
+    resources: bytes = b"<< >>",
+    extra_objects: list[bytes] | None = None,
+) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
@@ -57,7 +62,10 @@ def page_tree_loop_pdf() -> bytes:
 
 def slow_pdf(strokes: int = 200_000) -> bytes:
     """A page whose (well-compressed) content stream takes PDFium seconds to draw."""
-    ops = b"".join(b"%d %d m %d %d l S\n" % (i % 600, i % 700, (i * 7) % 600, (i * 3) % 700) for i in range(2000))
+    ops = b"".join(
+        b"%d %d m %d %d l S\n" % (i % 600, i % 700, (i * 7) % 600, (i * 3) % 700)
+        for i in range(2000)
+    )
     return one_page_pdf(content=ops * (strokes // 2000))
 
 
@@ -68,7 +76,8 @@ def image_bomb_pdf(side: int = 40_000) -> bytes:
     packed = b"".join(raw.compress(row) for _ in range(side)) + raw.flush()
     image = (
         b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
-        b"/BitsPerComponent 8 /Length %d /Filter /FlateDecode >>\nstream\n" % (side, side, len(packed))
+        b"/BitsPerComponent 8 /Length %d /Filter /FlateDecode >>\nstream\n"
+        % (side, side, len(packed))
         + packed
         + b"\nendstream"
     )

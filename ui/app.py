@@ -1,8 +1,9 @@
 """The web UI: `build_ui(service)` returns Gradio Blocks wired to the `PageRAG` service.
 
 Building is separate from launching: `rag.api.create_app` mounts the Blocks into the server
-at `/`; `build_ui(service).launch()` also works on its own. The work itself lives in
-`ui.actions`; this module only lays out components and connects events.
+at `/`. On its own, `build_ui(service).launch(allowed_paths=[str(settings.images_dir)])` works
+too (the gallery shows the stored page images). The work itself lives in `ui.actions`; this
+module only lays out components and connects events.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class EdgeIndex:
     ):
         """`prefetch_limit` pages, found by the row-band HNSW (searched with `hnsw_ef`; None:
         Qdrant's default, never below the limit), get the exact MaxSim rerank. See `search`."""
-        if min(prefetch_limit, batch_size, hnsw_ef or 1) < 1:
+        if min(prefetch_limit, batch_size, 1 if hnsw_ef is None else hnsw_ef) < 1:
             raise ValueError("prefetch_limit, hnsw_ef and batch_size must be at least 1")
         self.path = Path(path).expanduser()
         self.prefetch_limit = prefetch_limit

@@ -88,7 +88,7 @@ class ServerIndex:
         are in flight at once (a cluster spreads them over its shards). `local_path` is only
         used by `bytes_on_disk()`.
         """
-        if min(prefetch_limit, batch_size, upload_workers, hnsw_ef or 1) < 1:
+        if min(prefetch_limit, batch_size, upload_workers, 1 if hnsw_ef is None else hnsw_ef) < 1:
             raise ValueError(
                 "prefetch_limit, hnsw_ef, batch_size and upload_workers must be at least 1"
             )

@@ -59,7 +59,7 @@ HOSTILE = {
     "notes.pdf": "plain text",
     "scan.pdf": "PNG image, not a PDF",
     "truncated.pdf": "",  # PDFium may repair it; either indexed or a reason, never a crash
-    "bomb.png": "decompression bomb",
+    "bomb.png": "PAGERAG_IMAGE_MAX_PIXELS",
     "user-password.pdf": "encrypted",
     "empty.pdf": "empty",
 }

@@ -90,7 +90,7 @@ def test_memory_limit_stops_a_huge_image(tmp_path: Path) -> None:
     box = RenderSandbox(
         memory_mb=600, limits=RenderLimits(image_max_pixels=400_000_000), page_timeout=60
     )
-    with pytest.raises(RenderError, match="memory|crashed"):
+    with pytest.raises(RenderError, match=r"memory|crashed"):
         box.inspect(big, "image")
     box.close()
 
@@ -98,7 +98,7 @@ def test_memory_limit_stops_a_huge_image(tmp_path: Path) -> None:
 def test_decompression_bomb_guard(tmp_path: Path) -> None:
     bomb = hostile.write(tmp_path / "bomb.png", hostile.png_bytes(12_000, 12_000))
     box = RenderSandbox(limits=RenderLimits(image_max_pixels=50_000_000))
-    with pytest.raises(RenderError, match="decompression bomb"):
+    with pytest.raises(RenderError, match="PAGERAG_IMAGE_MAX_PIXELS"):
         box.inspect(bomb, "image")
     box.close()
 

@@ -156,7 +156,8 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         # Library: drop the files, add them, see the documents and the per-file error.
         page.get_by_role("tab", name="Library").click()
         page.locator("#upload input[type=file]").set_input_files([str(f) for f in [*files, notes]])
-        page.wait_for_function("document.querySelector('#upload').innerText.includes('notes.pdf')")
+        # Uploaded: the list shows the last file (its stem; the extension is a separate element).
+        page.wait_for_function("document.querySelector('#upload').innerText.includes('notes')")
         page.locator("#add-button").click()
         page.wait_for_function(
             "document.querySelector('#upload-report').innerText.includes('could not be read')"
