@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format clean system-deps browser-deps ingest serve
+.PHONY: setup test lint format clean system-deps browser-deps ingest serve bench
 
 setup: $(STAMP)
 
@@ -57,3 +57,10 @@ serve: setup
 ingest: setup
 	@test -n "$(DOCS)" || { echo "usage: make ingest DOCS=path/to/pdfs"; exit 2; }
 	$(VENV)/bin/pagerag ingest "$(DOCS)"
+
+# Retrieval and ingestion benchmarks (docs/BENCHMARKS.md has the figures and the 100k command).
+# Synthetic pages go to $$PAGERAG_BENCH_DIR (default /tmp/pagerag-bench) and are deleted after.
+bench: setup system-deps
+	$(VENV)/bin/python bench/retrieval.py --pages 1000
+	$(VENV)/bin/python bench/retrieval.py --pages 10000
+	$(VENV)/bin/python bench/ingest.py

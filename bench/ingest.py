@@ -46,25 +46,34 @@ def readable_pdfs(folder: Path) -> list[tuple[Path, int]]:
     return sorted(found, key=lambda item: -item[1])
 
 
-def render_file(path: Path, renderer: str, dpi: int) -> int:
-    """Render every page (the image and its text layer, as ingestion does); pages rendered."""
+def render_file(path: Path, renderer: str, dpi: int) -> tuple[int, str | None]:
+    """Render every page (the image and its text layer, as ingestion does): (pages, error)."""
     pages = 0
-    for page in iter_pages(path, "pdf", renderer=renderer, dpi=dpi):
-        page.image.load()  # force the pixels (pdf2image hands back a lazily decoded file)
-        pages += 1
-    return pages
+    try:
+        for page in iter_pages(path, "pdf", renderer=renderer, dpi=dpi):
+            page.image.load()  # force the pixels (pdf2image hands back a lazily decoded file)
+            pages += 1
+    except RenderError as exc:  # counted, not fatal: ingestion reports such a file and goes on
+        return pages, f"{path.name}: {exc}"
+    return pages, None
 
 
 def render_all(files: Sequence[Path], renderer: str, dpi: int, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
     if workers == 1:
-        pages = sum(render_file(f, renderer, dpi) for f in files)
+        results = [render_file(f, renderer, dpi) for f in files]
     else:
         with ProcessPoolExecutor(workers) as pool:
             n = len(files)
-            pages = sum(pool.map(render_file, files, [renderer] * n, [dpi] * n))
+            results = list(pool.map(render_file, files, [renderer] * n, [dpi] * n))
     seconds = time.perf_counter() - started
-    return {"pages": pages, "seconds": round(seconds, 2), "pages_per_s": round(pages / seconds, 2)}
+    pages = sum(p for p, _ in results)
+    return {
+        "pages": pages,
+        "seconds": round(seconds, 2),
+        "pages_per_s": round(pages / seconds, 2),
+        "failed": [error for _, error in results if error],
+    }
 
 
 def pipeline(files: Sequence[Path], dpi: int, max_visual_tokens: int) -> dict[str, Any]:

@@ -106,18 +106,13 @@ def _load_image(path: Path, limits: RenderLimits) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; we refuse from 1x.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # reads the header only
-                if img.width * img.height > limits.image_max_pixels:
-                    raise RenderError(
-                        f"the image has {img.width * img.height:,} pixels, more than "
-                        f"PAGERAG_IMAGE_MAX_PIXELS ({limits.image_max_pixels:,}); refusing to "
-                        "decode it (a decompression bomb?)"
-                    )
+            with Image.open(path) as img:
                 img.load()
                 image = img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RenderError(
-            f"the image is too large to decode safely (a decompression bomb?): {exc}"
+            f"the image is larger than PAGERAG_IMAGE_MAX_PIXELS ({limits.image_max_pixels:,} "
+            f"pixels); refusing to decode it (Pillow's decompression-bomb guard: {exc})"
         ) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise RenderError(f"the image cannot be decoded ({exc})") from exc

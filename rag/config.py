@@ -69,11 +69,12 @@ class Settings(BaseSettings):
     qdrant_collection: str = "pagerag"
     qdrant_shards: int = Field(default=1, ge=1)
     qdrant_replicas: int = Field(default=1, ge=1)
-    qdrant_prefer_grpc: bool = False  # gRPC (port 6334): ~2.5x smaller uploads than REST's JSON
+    qdrant_prefer_grpc: bool = False  # gRPC (port 6334): binary vectors instead of JSON text
     qdrant_upload_workers: int = Field(default=4, ge=1)  # upsert requests in flight at once
     # Visual search (rag/index/pooling.py; measured in docs/BENCHMARKS.md): a HNSW over each
-    # page's row bands picks `prefetch_limit` pages, which get exact MaxSim; more is better
-    # recall and slower. `hnsw_ef`: HNSW search breadth (unset: Qdrant's, never below the limit).
+    # page's ~12 token clusters picks `prefetch_limit` pages, which get exact MaxSim; more is
+    # better recall and slower. `hnsw_ef`: HNSW search breadth (unset: Qdrant's, never below
+    # the limit).
     prefetch_limit: int = Field(default=200, ge=1)
     hnsw_ef: int | None = Field(default=None, ge=1)
 

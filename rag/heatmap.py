@@ -9,11 +9,10 @@ and laid over the page image. Everything comes from the index: no page is embedd
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -51,34 +50,13 @@ def similarity_maps(
             f"the page was stored without a usable patch grid ({rows}x{cols} at offset "
             f"{image_offset} in {len(page)} vectors); re-ingest its document"
         )
-    if _colpali_maps_function() is None:
-        # colpali-engine's optional `interpretability` extra (einops, matplotlib, seaborn) is
-        # not installed: the same product, computed here (tests check the two agree).
-        patches = page[image_offset : image_offset + n].reshape(rows, cols, -1)  # (r, c, dim)
-        return np.einsum("qd,rcd->qrc", query, patches)  # (q, r, c)
-    return _colpali_maps(query, page, grid, image_offset)
-
-
-@functools.cache
-def _colpali_maps_function() -> Any:
-    try:
-        from colpali_engine.interpretability.similarity_map_utils import (
-            get_similarity_maps_from_embeddings,
-        )
-    except ImportError:
-        return None
-    return get_similarity_maps_from_embeddings
-
-
-def _colpali_maps(
-    query: np.ndarray, page: np.ndarray, grid: tuple[int, int], image_offset: int
-) -> np.ndarray:
     import torch
+    from colpali_engine.interpretability.similarity_map_utils import (
+        get_similarity_maps_from_embeddings,
+    )
 
-    get_similarity_maps_from_embeddings = _colpali_maps_function()
-    rows, cols = grid
     mask = torch.zeros((1, len(page)), dtype=torch.bool)
-    mask[0, image_offset : image_offset + rows * cols] = True
+    mask[0, image_offset : image_offset + n] = True
     [maps] = get_similarity_maps_from_embeddings(
         image_embeddings=torch.from_numpy(page)[None],  # (1, tokens, dim)
         query_embeddings=torch.from_numpy(query)[None],  # (1, q, dim)

@@ -10,7 +10,8 @@ import numpy as np
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
 # 2: a sparse BM25 text vector per page (rag/index/text.py) beside the visual vectors.
-# 3: a row-band multivector per page (`rows`, pooling.pool_rows) for the second search stage.
+# 3: the prefetch searches a small multivector per page (`clusters`, pooling.pool_clusters)
+#    instead of one mean vector.
 SCHEMA_VERSION = 3
 
 

@@ -46,7 +46,7 @@ from qdrant_edge import (
 
 from rag.index import schema
 from rag.index.base import IndexMismatchError, IndexUnavailableError
-from rag.index.pooling import pool_rows
+from rag.index.pooling import pool_clusters
 from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
@@ -65,12 +65,12 @@ def edge_config() -> EdgeConfig:
                 # m=0: no graph; this vector is only scored exactly (rerank / exact search).
                 hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
             ),
-            schema.ROWS: EdgeVectorParams(
+            schema.CLUSTERS: EdgeVectorParams(
                 size=schema.DIM,
-                distance=Distance.Dot,  # pool_rows gives unit vectors
+                distance=Distance.Dot,  # pool_clusters gives unit vectors
                 multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
                 datatype=VectorStorageDatatype.Float16,
-                # The prefetch's HNSW graph, built over MaxSim between row-band multivectors.
+                # The prefetch's HNSW graph, built over MaxSim between cluster multivectors.
                 hnsw_config=HnswIndexConfig(
                     m=schema.HNSW_M,
                     ef_construct=schema.HNSW_EF_CONSTRUCT,
@@ -101,7 +101,7 @@ class EdgeIndex:
         hnsw_ef: int | None = None,
         batch_size: int = 64,
     ):
-        """`prefetch_limit` pages, found by the row-band HNSW (searched with `hnsw_ef`; None:
+        """`prefetch_limit` pages, found by the cluster HNSW (searched with `hnsw_ef`; None:
         Qdrant's default, never below the limit), get the exact MaxSim rerank. See `search`."""
         if min(prefetch_limit, batch_size, 1 if hnsw_ef is None else hnsw_ef) < 1:
             raise ValueError("prefetch_limit, hnsw_ef and batch_size must be at least 1")
@@ -181,7 +181,7 @@ class EdgeIndex:
             # than converting it with .tolist() first (measured: 9 ms against 4.6 ms a page).
             vectors = {
                 schema.COLQWEN: schema.storage_rows(rows).tolist(),
-                schema.ROWS: pool_rows(emb).tolist(),
+                schema.CLUSTERS: pool_clusters(emb).tolist(),
             }
             text = embed_page_text(record.text)
             if text is not None:  # a page without a text layer has no text vector
@@ -210,7 +210,7 @@ class EdgeIndex:
     # -- reads ----------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Row-band HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
+        """Cluster-vector HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
         more than `prefetch_limit` pages match `flt`."""
         return self._query(query, k, flt, prefetch=True)
 
@@ -250,9 +250,9 @@ class EdgeIndex:
         """
         if self.count(flt) <= limit:
             return None
-        bands = Query.Nearest(q, using=schema.ROWS)  # type: ignore[arg-type]
+        pooled = Query.Nearest(q, using=schema.CLUSTERS)  # type: ignore[arg-type]
         params = SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
-        return [Prefetch(limit, query=bands, params=params, filter=where)]
+        return [Prefetch(limit, query=pooled, params=params, filter=where)]
 
     # -- text and hybrid search (BM25 channel: rag/index/text.py) ---------------------------
 

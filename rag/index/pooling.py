@@ -1,11 +1,13 @@
 """Pooled vectors for the prefetch in front of the exact MaxSim rerank.
 
-`pool_rows` is what the index stores and searches: the means of bands of patch rows, a small
-multivector per page (12 vectors for ColQwen2's 24x31 grid), with a HNSW graph over MaxSim.
-A question is usually about one region of a page; a band keeps that region's content apart
-from the rest of the page, where a single mean vector blurs it with everything else. Measured
-on 100k ColQwen2-shaped pages (docs/BENCHMARKS.md): the exact top 10 is inside the 300 best
-pages by row bands for 95% of the queries, but inside the 300 best by the page mean for 74%.
+The index stores `pool_clusters` and searches it through a HNSW graph (MaxSim): ~12 unit
+vectors per page, the centroids of k-means clusters of its image tokens, started from the
+means of pairs of patch rows (`pool_rows`). A question is usually about one kind of content on
+a page (a table, a chart, a heading); a cluster keeps that content apart from the rest, where
+a single mean vector blurs it with everything else and a row band mixes it with whatever
+shares its rows. Measured on 10k ColQwen2-shaped pages (docs/BENCHMARKS.md), the exact top 10
+is found within the best 100 pages by clusters with recall 0.98, by row bands 0.95, by the page
+mean 0.87; at 100k pages the page mean needs 4,000 candidates for 0.95.
 
 Pure functions of the multivector and of `emb.grid` / `emb.image_offset` (which locate the
 patch grid inside it), so they are easy to test against the exact MaxSim they approximate.
@@ -17,11 +19,12 @@ import numpy as np
 
 from rag.types import PageEmbedding
 
-# Patch rows per band. 2 on 100k pages (BENCHMARKS.md): single rows rank a little better but
-# double the bytes (6 KB a page in float16, the disk budget is ~11 KB beside the full
-# multivector) and quadruple the cost of building the HNSW graph (MaxSim of 24x24 rows per
-# comparison instead of 12x12); bands of 3 rows, 4x4 tiles and the page mean rank worse.
+# Patch rows per band, so also the number of clusters (12 for 24 rows). 12 vectors take 3 KB a
+# page in float16 (the disk budget leaves ~11 KB beside the full multivector), and the HNSW
+# graph compares pages by 12x12 dot products: 24 would double the bytes and quadruple the build.
 ROW_GROUP = 2
+# k-means steps of `pool_clusters`: 3 and 8 rank the same on 2k pages (BENCHMARKS.md).
+KMEANS_ITERATIONS = 3
 # Bands used when a page has no usable grid (an embedding from elsewhere): consecutive runs
 # of its rows, which for ColQwen2's row-major image tokens are horizontal bands anyway.
 FALLBACK_BANDS = 12
@@ -60,6 +63,34 @@ def image_grid(emb: PageEmbedding) -> np.ndarray | None:
         return None
     tokens = np.asarray(emb.vectors[start : start + rows * cols], dtype=np.float32)
     return tokens.reshape(rows, cols, -1)  # row-major, as ColQwen2 lays out the merged patches
+
+
+def pool_clusters(emb: PageEmbedding, iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
+    """What the index stores: spherical k-means of the image tokens, seeded by `pool_rows`.
+
+    (ceil(rows / ROW_GROUP), d) float32 unit vectors, 12 for a 24x31 grid. The row bands are a
+    deterministic start that already covers the page's regions; a few k-means steps then
+    move each centroid to one kind of content (a table's cells, a heading, blank paper)
+    wherever it sits on the page, so a question about a table matches a vector of tables
+    rather than the average of a band that also holds a margin and a heading. A centroid left
+    without tokens keeps its band mean. Costs ~1 ms a page (3 steps of a 744x12 product).
+    """
+    grid = image_grid(emb)
+    tokens = (
+        grid.reshape(-1, grid.shape[-1])  # (rows * cols, d)
+        if grid is not None
+        else np.asarray(emb.vectors, dtype=np.float32)
+    )
+    centroids = pool_rows(emb)  # (k, d)
+    k = len(centroids)
+    for _ in range(iterations):
+        assign = np.argmax(tokens @ centroids.T, axis=1)  # (t,): nearest centroid by cosine
+        members = np.zeros((k, len(tokens)), dtype=np.float32)  # (k, t) one-hot
+        members[assign, np.arange(len(tokens))] = 1.0
+        sums = members @ tokens  # (k, d)
+        filled = members.sum(axis=1, keepdims=True) > 0  # (k, 1)
+        centroids = np.where(filled, unit_rows(sums), centroids)
+    return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 def pool_rows(emb: PageEmbedding, group: int = ROW_GROUP) -> np.ndarray:

@@ -22,11 +22,11 @@ NAMESPACE = uuid.UUID("944471db-b43b-4c30-a808-6809f0deb56c")
 
 DIM = 128  # ColQwen2's projection size
 COLQWEN = "colqwen"  # full multivector: MaxSim, float16, no HNSW (exact rerank only)
-ROWS = "rows"  # means of bands of patch rows (pooling.pool_rows): MaxSim, float16, with HNSW:
-# the prefetch that picks the pages for the exact rerank
+CLUSTERS = "clusters"  # ~12 token-cluster centroids (pooling.pool_clusters): MaxSim, float16,
+# with HNSW: the prefetch that picks the pages for the exact rerank
 
 # Search parameters, chosen in docs/BENCHMARKS.md: pages the prefetch hands to the exact MaxSim
-# rerank (Settings.prefetch_limit), and the HNSW graph of the row bands (fixed at creation).
+# rerank (Settings.prefetch_limit), and the HNSW graph of the clusters (fixed at creation).
 PREFETCH_LIMIT = 200
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100

@@ -19,7 +19,7 @@ from qdrant_edge import SparseVector
 
 from rag.index import schema
 from rag.index.base import IndexMismatchError, IndexUnavailableError
-from rag.index.pooling import pool_rows
+from rag.index.pooling import pool_clusters
 from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
@@ -38,14 +38,14 @@ def vectors_config() -> dict[str, models.VectorParams]:
             # m=0: no graph; this vector is only scored exactly (rerank / exact search).
             hnsw_config=models.HnswConfigDiff(m=0),
         ),
-        schema.ROWS: models.VectorParams(
+        schema.CLUSTERS: models.VectorParams(
             size=schema.DIM,
-            distance=models.Distance.DOT,  # pool_rows gives unit vectors
+            distance=models.Distance.DOT,  # pool_clusters gives unit vectors
             multivector_config=models.MultiVectorConfig(
                 comparator=models.MultiVectorComparator.MAX_SIM
             ),
             datatype=models.Datatype.FLOAT16,
-            # The prefetch's HNSW graph, built over MaxSim between row-band multivectors.
+            # The prefetch's HNSW graph, built over MaxSim between cluster multivectors.
             hnsw_config=models.HnswConfigDiff(
                 m=schema.HNSW_M, ef_construct=schema.HNSW_EF_CONSTRUCT
             ),
@@ -167,11 +167,11 @@ class ServerIndex:
                 "vector: it was not made by PageRAG. Set PAGERAG_QDRANT_COLLECTION to another "
                 "name."
             )
-        if schema.ROWS not in names:
-            # Made by a PageRAG from before the row-band prefetch; a server cannot add one.
+        if schema.CLUSTERS not in names:
+            # Made by a PageRAG from before the cluster prefetch; a server cannot add one.
             raise IndexMismatchError(
                 f"Qdrant collection {self.collection!r} was built by another PageRAG version "
-                f"(it has no {schema.ROWS!r} vector). Re-index: set PAGERAG_QDRANT_COLLECTION "
+                f"(it has no {schema.CLUSTERS!r} vector). Re-index: set PAGERAG_QDRANT_COLLECTION "
                 "to a new name and run `pagerag ingest` again, or delete the collection first."
             )
         sparse = self.client.get_collection(self.collection).config.params.sparse_vectors or {}
@@ -215,7 +215,7 @@ class ServerIndex:
             rows = schema.check_rows(emb.vectors, f"{record.source} page {record.page}")
             vectors: dict[str, Any] = {
                 schema.COLQWEN: schema.storage_rows(rows).tolist(),
-                schema.ROWS: pool_rows(emb).tolist(),
+                schema.CLUSTERS: pool_clusters(emb).tolist(),
             }
             text = _sparse(embed_page_text(record.text))
             if text is not None:  # a page without a text layer has no text vector
@@ -260,7 +260,7 @@ class ServerIndex:
     # -- reads ----------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Row-band HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
+        """Cluster-vector HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
         more than `prefetch_limit` pages match `flt`."""
         return self._query(query, k, flt, prefetch=True)
 
@@ -297,13 +297,13 @@ class ServerIndex:
         """The prefetch in front of the exact rerank, keeping `limit` pages; None for none.
 
         As `EdgeIndex._pooled_stages`: no prefetch (exact search) when no more than `limit`
-        pages match `flt`, otherwise the row-band HNSW.
+        pages match `flt`, otherwise the cluster HNSW.
         """
         if self.count(flt) <= limit:
             return None
         return models.Prefetch(
             query=q.tolist(),
-            using=schema.ROWS,
+            using=schema.CLUSTERS,
             params=models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
             limit=limit,
             filter=where,

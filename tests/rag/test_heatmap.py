@@ -36,22 +36,6 @@ def test_maps_follow_the_patch_grid_row_by_row() -> None:
     np.testing.assert_allclose(maps.reshape(2, -1), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_matches_colpali_engine_when_its_extra_is_installed() -> None:
-    utils = pytest.importorskip("colpali_engine.interpretability.similarity_map_utils")
-    import torch
-
-    rng = np.random.default_rng(1)
-    page = rng.normal(size=(30, 16)).astype(np.float32)
-    query = rng.normal(size=(5, 16)).astype(np.float32)
-    mask = torch.zeros((1, 30), dtype=torch.bool)
-    mask[0, 3:27] = True
-    [theirs] = utils.get_similarity_maps_from_embeddings(
-        torch.from_numpy(page)[None], torch.from_numpy(query)[None], (6, 4), mask
-    )  # 4 rows of 6 patches, (x, y) order
-    ours = similarity_maps(query, page, (4, 6), 3)
-    np.testing.assert_allclose(ours, theirs.permute(0, 2, 1).numpy(), rtol=1e-5)
-
-
 def test_relevance_is_scaled_to_unit_range_and_flat_maps_stay_flat() -> None:
     maps = np.array([[[1.0, 2.0], [3.0, 5.0]], [[1.0, 2.0], [3.0, 5.0]]])
     rel = relevance(maps)
@@ -101,11 +85,11 @@ def service(
 def test_stored_pages_are_mapped_with_their_search_score(service: PageRAG) -> None:
     hits = service.search("Costs 2015", 3, mode="visual")  # MaxSim scores
     maps = page_heatmaps(service, "Costs 2015", [(h.doc_id, h.page) for h in hits])
-    for hit, heatmap in zip(hits, maps, strict=True):
+    for hit, hmap in zip(hits, maps, strict=True):
         with Image.open(hit.image) as page:
-            assert heatmap.image.size == page.size
-        assert heatmap.score == pytest.approx(hit.score, rel=1e-5)
-        assert heatmap.relevance.shape == hit.grid
-        assert heatmap.relevance.min() >= 0 and heatmap.relevance.max() <= 1
+            assert hmap.image.size == page.size
+        assert hmap.score == pytest.approx(hit.score, rel=1e-5)
+        assert hmap.relevance.shape == hit.grid
+        assert hmap.relevance.min() >= 0 and hmap.relevance.max() <= 1
     with pytest.raises(HeatmapError, match="no page 9"):
         page_heatmap(service, "Costs", hits[0].doc_id, 9)

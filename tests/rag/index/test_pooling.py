@@ -1,4 +1,4 @@
-"""Row-band pooling, the row-band HNSW prefetch, and batched parallel uploads to a server."""
+"""Pooling (row bands, token clusters), the prefetch, and batched parallel uploads to a server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 from rag.config import Settings
 from rag.index import EdgeIndex, ServerIndex, schema
 from rag.index.base import PageIndex
-from rag.index.pooling import FALLBACK_BANDS, ROW_GROUP, image_grid, pool_rows
+from rag.index.pooling import (
+    FALLBACK_BANDS,
+    ROW_GROUP,
+    image_grid,
+    pool_clusters,
+    pool_rows,
+)
 from rag.index.server import upload_batches
 from rag.types import PageEmbedding
 
@@ -60,6 +66,43 @@ def test_pool_rows_falls_back_to_runs_of_rows(grid: tuple[int, int], offset: int
 def test_pool_rows_of_zero_rows_stays_finite() -> None:
     pooled = pool_rows(PageEmbedding(np.zeros((4 + 6, 128), np.float32), (2, 3), 4))
     assert np.isfinite(pooled).all() and not pooled.any()
+
+
+def test_pool_clusters_starts_from_the_row_bands() -> None:
+    vectors = unit_rows(np.random.default_rng(3), 4 + 24 * 31 + 7)
+    emb = PageEmbedding(vectors, (24, 31), 4)
+    np.testing.assert_array_equal(pool_clusters(emb, iterations=0), pool_rows(emb))
+    pooled = pool_clusters(emb)
+    assert pooled.shape == (12, 128) and pooled.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(pool_clusters(emb), pooled)  # deterministic
+
+
+def test_pool_clusters_separate_what_row_bands_mix() -> None:
+    # Every patch row holds two kinds of content side by side (say a table and a figure):
+    # every row band is their blend, while the clusters find each kind on its own.
+    rng = np.random.default_rng(4)
+    a, b = unit_rows(rng, 2)
+    rows, cols = 8, 10
+    kinds = np.where(np.arange(cols) < 5, 0, 1)  # left half a, right half b
+    grid = np.stack([a, b])[np.tile(kinds, rows)]  # (rows * cols, d)
+    tokens = unit_rows(rng, rows * cols, 20 * grid)  # each token near its kind
+    emb = PageEmbedding(tokens, (rows, cols), 0)
+
+    def best(pooled: np.ndarray, kind: np.ndarray) -> float:
+        return float((pooled @ kind).max())
+
+    bands, clusters = pool_rows(emb), pool_clusters(emb)
+    assert max(best(bands, a), best(bands, b)) < 0.8  # blends
+    assert min(best(clusters, a), best(clusters, b)) > 0.95  # one centroid per kind
+
+
+def test_pool_clusters_without_a_grid_and_of_zero_rows() -> None:
+    vectors = unit_rows(np.random.default_rng(5), 40)
+    pooled = pool_clusters(PageEmbedding(vectors, (0, 0), 0))
+    assert pooled.shape == (FALLBACK_BANDS, 128) and np.isfinite(pooled).all()
+    zeros = pool_clusters(PageEmbedding(np.zeros((10, 128), np.float32), (2, 3), 4))
+    assert np.isfinite(zeros).all() and not zeros.any()
 
 
 def test_settings_defaults_match_the_index_defaults(tmp_path: Path) -> None:
