@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format clean system-deps browser-deps ingest serve bench
+.PHONY: setup test lint format clean system-deps browser-deps ingest serve bench load
 
 setup: $(STAMP)
 
@@ -64,3 +64,10 @@ bench: setup system-deps
 	$(VENV)/bin/python bench/retrieval.py --pages 1000
 	$(VENV)/bin/python bench/retrieval.py --pages 10000
 	$(VENV)/bin/python bench/ingest.py
+
+# The server under load (docs/RELIABILITY.md): 50 clients asking through the REST API for 60 s
+# against `pagerag serve` on the tiny test models, one model worker, on 127.0.0.1. Exits 1 if
+# any property fails (a 5xx, a 429 without Retry-After, a late answer, memory not back).
+# The test suite runs a 20-client, 8-second version (tests/rag/test_load.py).
+load: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python bench/load.py --clients 50 --seconds 60

@@ -20,7 +20,9 @@ from fastapi.responses import JSONResponse
 
 from rag.api_deps import key_matches
 from rag.api_routes import router
+from rag.config import Settings
 from rag.errors import user_error_status
+from rag.guard import Limits, MiB, RequestGuard
 from rag.heatmap import HeatmapError
 from rag.index.base import IndexMismatchError, IndexUnavailableError
 from rag.jobs import JobManager
@@ -85,6 +87,9 @@ def create_app(
     app.state.jobs = jobs
     app.state.readiness = readiness
     _add_error_handlers(app)
+    # Around everything, the UI included: bodies are capped as they arrive (FastAPI and Gradio
+    # would buffer them first) and Gradio's file routes never fetch URLs or leave their folders.
+    app.add_middleware(RequestGuard, limits=Limits(upload_bytes=settings.max_upload_mb * MiB))
     app.include_router(router)
     _add_health(app)
     if ui:
@@ -159,6 +164,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, bug)
 
 
+def _private_paths(settings: Settings) -> list[Path]:
+    """What the data directory holds besides the page images: never served by the UI."""
+    manifest = settings.manifest_path
+    journals = [manifest.with_name(manifest.name + s) for s in ("-wal", "-shm", "-journal")]
+    return [settings.index_dir, settings.uploads_dir, manifest, *journals]
+
+
 def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> None:
     import gradio as gr
 
@@ -178,11 +190,17 @@ def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> None:
         app,
         build_ui(service, jobs=jobs),
         path="/",
-        # Page images are shown straight from the data directory, and nothing else from it.
+        # Page images are shown straight from the data directory, and nothing else from it:
+        # Gradio serves only these, its own upload folder and its cache; the rest of the data
+        # directory is blocked as well, in case a wider folder is ever allowed.
         allowed_paths=[str(settings.images_dir)],
+        blocked_paths=[str(p) for p in _private_paths(settings)],
         max_file_size=f"{settings.max_upload_mb}mb",
         ssr_mode=False,
         footer_links=["settings"],  # the REST API docs are linked from the page
+        # No run history: it would keep questions and answers in the browser and offers to
+        # upload them to a Hugging Face bucket; fewer routes, nothing leaves the server.
+        run_history=False,
         theme=THEME,
         **kwargs,
     )

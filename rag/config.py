@@ -73,10 +73,9 @@ class Settings(BaseSettings):
     qdrant_upload_workers: int = Field(default=4, ge=1)  # upsert requests in flight at once
     # Visual search (rag/index/pooling.py; measured in docs/BENCHMARKS.md): a HNSW over each
     # page's ~12 token clusters picks `prefetch_limit` pages, which get exact MaxSim; more is
-    # better recall and slower. `hnsw_ef`: HNSW search breadth (unset: Qdrant's, never below
-    # the limit).
+    # better recall and slower. `hnsw_ef`: HNSW search breadth, the other recall/speed knob.
     prefetch_limit: int = Field(default=200, ge=1)
-    hnsw_ef: int | None = Field(default=None, ge=1)
+    hnsw_ef: int | None = Field(default=1024, ge=1)
 
     # Search. Hybrid by default: the text layer finds exact names, codes and figures that a
     # 128-d visual embedding can blur, the visual channel finds scans, charts and paraphrases,

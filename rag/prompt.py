@@ -34,6 +34,13 @@ the statement they support.
 # [1], [2][3] (two matches), [1, 2], [1; 2]
 _LABELS = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f<>]+")  # newlines and tag characters could fake a delimiter
+# Chat-template markers (<|im_start|>, <|im_end|>, <|image_pad|>, ...) written in text are read
+# by the tokenizer as the special tokens themselves: a question or an earlier answer (which a
+# page may have steered) could close its turn and open a system turn, or add image
+# placeholders that no image fills. Every such marker starts with "<|" and ends with "|>".
+_MARKER = re.compile(r"<\||\|>")
+# And text that looks like our own page delimiters is written `(page n)` outside the pages.
+_DELIMITER = re.compile(r"<\s*(/?)\s*page\s*(\d+)\s*>", re.IGNORECASE)
 
 
 class PromptPage(Protocol):
@@ -52,6 +59,13 @@ def page_label(n: int, source: str, page: int) -> str:
     return f"[{n}] {name}, page {page}"
 
 
+def plain(text: str) -> str:
+    """User text with chat-template markers broken up (`<|im_end|>` -> `< |im_end| >`) and
+    page delimiters defused (`</page 1>` -> `(/page 1)`), so it stays text in its own turn."""
+    text = _DELIMITER.sub(r"(\1page \2)", text)
+    return _MARKER.sub(lambda m: "< |" if m[0] == "<|" else "| >", text)
+
+
 def build_messages(
     question: str, pages: Sequence[PromptPage], history: Sequence[Turn] = ()
 ) -> list[Message]:
@@ -62,9 +76,9 @@ def build_messages(
     """
     messages: list[Message] = [{"role": "system", "content": SYSTEM}]
     for earlier_question, earlier_answer in history:
-        messages.append({"role": "user", "content": earlier_question})
+        messages.append({"role": "user", "content": plain(earlier_question)})
         # Its labels pointed at the pages of that turn, not these: drop them so they are not reused.
-        messages.append({"role": "assistant", "content": strip_citations(earlier_answer)})
+        messages.append({"role": "assistant", "content": plain(strip_citations(earlier_answer))})
     content: list[dict[str, str]] = [{"type": "text", "text": "The pages:\n"}]
     for n, page in enumerate(pages, 1):
         content += [
@@ -78,7 +92,7 @@ def build_messages(
     content.append(
         {
             "type": "text",
-            "text": f"{DATA_NOT_INSTRUCTIONS}\n\nQuestion: {question.strip()}\n"
+            "text": f"{DATA_NOT_INSTRUCTIONS}\n\nQuestion: {plain(question.strip())}\n"
             "Answer from these pages only and cite them like [1].",
         }
     )

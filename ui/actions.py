@@ -37,6 +37,14 @@ class AskView:
     note: str = ""
 
 
+def shown(text: str) -> str:
+    """Text for the chat, to be shown as plain text. The Chatbot renders no Markdown (see
+    `ui.app`) but still parses a message as HTML: with every `<` written `&lt;` no tag can
+    form, so no image, link or script; the rest stays as written (an entity such as `&amp;`
+    would show as its character, which is harmless)."""
+    return text.replace("<", "&lt;")
+
+
 def problem(exc: BaseException) -> str | None:
     """A plain-words message for an error a user can act on; None for a bug."""
     if isinstance(exc, QueueFull | QueueTimeout):
@@ -59,7 +67,7 @@ def ask(
     """Stream an answer into the chat, then show its pages. Earlier turns go to the model as
     the conversation's history, so follow-up questions can refer to them."""
     question = question.strip()
-    view = AskView(chat=[*chat, {"role": "user", "content": question}], turns=list(turns))
+    view = AskView(chat=[*chat, {"role": "user", "content": shown(question)}], turns=list(turns))
     view.chat.append({"role": "assistant", "content": ""})
     yield view
     flt = SearchFilter(doc_ids=tuple(doc_ids)) if doc_ids else None
@@ -74,7 +82,7 @@ def ask(
         message = problem(exc)
         if message is None:
             raise
-        view.chat[-1] = {"role": "assistant", "content": f"**Not answered:** {message}"}
+        view.chat[-1] = {"role": "assistant", "content": shown(f"Not answered: {message}")}
         view.note = message
         yield view
         return
@@ -102,9 +110,10 @@ def _stream(
     try:
         for item in stream:
             if isinstance(item, Answer):
-                view.chat[-1] = {"role": "assistant", "content": item.text}
+                view.chat[-1] = {"role": "assistant", "content": shown(item.text)}
                 return item
-            view.chat[-1] = {"role": "assistant", "content": view.chat[-1]["content"] + item}
+            text = view.chat[-1]["content"] + shown(item)
+            view.chat[-1] = {"role": "assistant", "content": text}
             yield view
             ticket.check()
     finally:

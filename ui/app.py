@@ -68,12 +68,21 @@ def _ask_tab(ask_pages: int, search_mode: str) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
+            # Answers are shown as plain text: a page can steer what the model writes, so an
+            # answer must not be able to show a remote image (a request to a stranger's
+            # server, leaking the reader's address), a link or any HTML. No Markdown, no
+            # LaTeX, no custom tags; and `actions.shown` escapes `<`, because even without
+            # Markdown the Chatbot parses a message as HTML.
             c["chat"] = gr.Chatbot(
                 label="Conversation",
                 height=460,
                 elem_id="chat",
                 buttons=["copy"],
                 placeholder="Ask a question about the documents in the library.",
+                render_markdown=False,
+                sanitize_html=True,
+                latex_delimiters=[],
+                allow_tags=False,
             )
             with gr.Row():
                 c["question"] = gr.Textbox(

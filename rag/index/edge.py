@@ -98,7 +98,7 @@ class EdgeIndex:
         path: str | Path,
         *,
         prefetch_limit: int = schema.PREFETCH_LIMIT,
-        hnsw_ef: int | None = None,
+        hnsw_ef: int | None = schema.HNSW_EF,
         batch_size: int = 64,
     ):
         """`prefetch_limit` pages, found by the cluster HNSW (searched with `hnsw_ef`; None:

@@ -28,6 +28,10 @@ CLUSTERS = "clusters"  # ~12 token-cluster centroids (pooling.pool_clusters): Ma
 # Search parameters, chosen in docs/BENCHMARKS.md: pages the prefetch hands to the exact MaxSim
 # rerank (Settings.prefetch_limit), and the HNSW graph of the clusters (fixed at creation).
 PREFETCH_LIMIT = 200
+# HNSW search breadth. The pooled multivectors make a graph that greedy search leaves early
+# (pages share their blank-paper clusters, so many neighbours score alike): a breadth well above
+# the limit buys back most of the recall the graph loses, for ~10-20 ms (BENCHMARKS.md).
+HNSW_EF = 1024
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 

@@ -73,7 +73,7 @@ class ServerIndex:
         collection: str = "pagerag",
         *,
         prefetch_limit: int = schema.PREFETCH_LIMIT,
-        hnsw_ef: int | None = None,
+        hnsw_ef: int | None = schema.HNSW_EF,
         shard_number: int = 1,
         replication_factor: int = 1,
         batch_size: int = 16,

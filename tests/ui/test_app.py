@@ -109,7 +109,7 @@ def test_a_busy_server_says_so_in_the_chat(service: PageRAG) -> None:
     try:
         with service.work.acquire():  # somebody else is using the model
             final = list(actions.ask(service, "Total?", [], [], 2, [], False))[-1]
-        assert final.chat[-1]["content"].startswith("**Not answered:**")
+        assert final.chat[-1]["content"].startswith("Not answered:")
         assert "busy" in final.note
         assert final.turns == [] and final.gallery == []
     finally:

@@ -9,8 +9,10 @@ path). Set PAGERAG_UPDATE_SCREENSHOTS=1 to refresh the README's screenshots in d
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from rag.api import create_app
 from rag.service import PageRAG
 from tests.conftest import CORPUS
 from tests.pdfs import make_pdf
+from tests.scripted import ScriptedGenerator
 from tests.serving import running_server, serving_service
 
 pytestmark = [
@@ -208,3 +211,58 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         chips.nth(1).click()
         page.wait_for_selector("#pages .preview")
         page.close()
+
+
+def test_answers_render_as_plain_text_and_load_nothing(
+    browser: Any, service: PageRAG, tmp_path: Path
+) -> None:
+    """A page can steer what the model writes: an answer with HTML, a Markdown image and a
+    link shows as the literal text, and the browser fetches none of them."""
+    hits: list[str] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    evil = f"http://127.0.0.1:{listener.server_address[1]}"
+    answer = [
+        f"PWNED <img src={evil}/img.png> ",
+        f"![x]({evil}/md.png)\n",
+        f"[click]({evil}/link) <script>fetch('{evil}/js')</script>",
+    ]
+    service.ingest([make_pdf(tmp_path / "in" / "plain.pdf", ["Plain text only"])])
+    original = service._generator
+    service._generator = ScriptedGenerator(answer)  # type: ignore[assignment]
+    try:
+        with running_server(create_app(service)) as url:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(url)
+            page.wait_for_selector("#chat")
+            page.locator("#question textarea").fill("What is <i>plain</i>?")
+            page.locator("#question textarea").press("Enter")
+            page.wait_for_function(
+                "document.querySelector('#ask-note').innerText.includes('retrieval')"
+            )
+            bot = page.locator("#chat [data-testid='bot']").last
+            text = bot.inner_text()
+            assert f"<img src={evil}/img.png>" in text and f"![x]({evil}/md.png)" in text
+            assert f"[click]({evil}/link) <script>" in text
+            assert bot.locator("img, a, script").count() == 0
+            user = page.locator("#chat [data-testid='user']").last.inner_text()
+            assert "What is <i>plain</i>?" in user
+            page.wait_for_timeout(500)  # time for any stray request to show
+            page.close()
+    finally:
+        service._generator = original
+        listener.shutdown()
+    assert not [u for u in requested if u.startswith(evil)] and hits == []

@@ -108,7 +108,7 @@ def test_pool_clusters_without_a_grid_and_of_zero_rows() -> None:
 def test_settings_defaults_match_the_index_defaults(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     assert settings.prefetch_limit == schema.PREFETCH_LIMIT
-    assert settings.hnsw_ef is None
+    assert settings.hnsw_ef == schema.HNSW_EF
 
 
 @pytest.mark.parametrize("backend", ["edge", "memory"])

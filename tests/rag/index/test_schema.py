@@ -136,7 +136,7 @@ def test_open_index_uses_the_server_url(monkeypatch: pytest.MonkeyPatch) -> None
     assert open_index(settings) == "server"
     assert seen == dict(
         url="http://qdrant:6333", api_key="k", collection="c", prefetch_limit=50,
-        hnsw_ef=None, prefer_grpc=False, upload_workers=4,
+        hnsw_ef=1024, prefer_grpc=False, upload_workers=4,
         shard_number=3, replication_factor=2,
     )  # fmt: skip
     assert ServerIndex.backend == "qdrant-server"
