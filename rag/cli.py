@@ -500,6 +500,11 @@ def serve(
     process. Models load once at start-up; --docs folders are ingested in the background
     (only new or changed files), so /healthz answers at once and /readyz once models are
     loaded. PAGERAG_API_KEYS turns on API keys (and a UI login)."""
+    import os
+
+    # Gradio keeps uploads in /tmp/gradio by default, shared by every Gradio process on the
+    # machine; read once when gradio is imported, so it is set before create_app imports it.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Settings().data_dir / "gradio"))
     import uvicorn
 
     from rag.api import create_app

@@ -9,7 +9,7 @@ Two things are checked here, before any route runs, because no route can check t
   (chunked) is counted as it arrives and refused the moment it passes the cap. Multipart
   uploads are also parsed alongside (python-multipart, the parser both Starlette and Gradio
   use, so both see the same parts): too many parts, or a form field (not a file) larger than
-  a few KB, is refused at once, because Gradio would hold such a field in memory.
+  64 KiB, is refused at once, because Gradio would hold such a field in memory.
 - **Gradio's file routes serve files only.** `/gradio_api/file=URL` makes Gradio fetch any
   public URL and stream it back (an open proxy), and `/gradio_api/proxy=` forwards to Spaces;
   this server shows only its own page images and uploads, so URLs of any scheme are refused,

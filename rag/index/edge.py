@@ -8,6 +8,7 @@ Layout of the index directory:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ from rag.index.base import IndexMismatchError, IndexUnavailableError
 from rag.index.pooling import pool_clusters
 from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
+
+log = logging.getLogger(__name__)
 
 _SCROLL_PAGE = 1024
 _FIELD_TYPES = {"keyword": PayloadSchemaType.Keyword, "integer": PayloadSchemaType.Integer}
@@ -204,8 +207,26 @@ class EdgeIndex:
         self._shard.flush()
 
     def optimize(self) -> bool:
-        """Merge segments and build the prefetch's HNSW graph; True if anything changed."""
-        return self._shard.optimize()
+        """Merge segments and build the prefetch's HNSW graph; True if anything changed.
+
+        Qdrant refuses to start when free disk is short of about twice the index (it writes the
+        merged segments before deleting the old ones: 37 GiB for 100k pages). Nothing is lost
+        then and search stays exact-correct, only slower, so that is a warning, not an error:
+        the next optimize() (after the next ingest) tries again.
+        """
+        try:
+            return self._shard.optimize()
+        except Exception as exc:  # qdrant_edge raises bare Exception
+            if "not enough space" not in str(exc).lower():
+                raise
+            log.warning(
+                "The index at %s was not optimised: %s. Searches work but are slower until "
+                "there is free disk of about twice the index size and `pagerag ingest` runs "
+                "again.",
+                self.path,
+                exc,
+            )
+            return False
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -214,3 +214,38 @@ def test_server_upsert_goes_through_upload_batches(monkeypatch: pytest.MonkeyPat
         index.upsert(corpus.records, corpus.embeddings)
         assert index.count() == len(corpus.records)
     assert seen == [(4, 1)]  # 30 pages in batches of 8; local mode sends one at a time
+
+
+class _Failing:
+    """Wraps an EdgeShard whose optimize() fails with `message`."""
+
+    def __init__(self, shard: object, message: str) -> None:
+        self._inner, self._message = shard, message
+
+    def optimize(self) -> bool:
+        raise Exception(self._message)  # as qdrant_edge does: a bare Exception
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_optimize_without_disk_space_warns_and_keeps_the_index(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = make_corpus()
+    with EdgeIndex(tmp_path) as index:
+        index.upsert(corpus.records, corpus.embeddings)
+        real = index._shard
+        index._shard = _Failing(  # type: ignore[assignment]
+            real,
+            "Service runtime error: Not enough space available for optimization, "
+            "needed: 36.86 GiB, available: 35.04 GiB",
+        )
+        assert index.optimize() is False
+        assert "not optimised" in caplog.text and "twice the index" in caplog.text
+        assert index.count() == len(corpus.records)
+        assert len(index.search(corpus.queries[0], 3)) == 3
+        index._shard = _Failing(real, "something else broke")  # type: ignore[assignment]
+        with pytest.raises(Exception, match="something else broke"):
+            index.optimize()
+        index._shard = real
