@@ -24,7 +24,7 @@ import torch
 from _common import emit, latency_ms, log, machine
 from PIL import Image, ImageDraw
 
-from rag.models.retriever import Retriever
+from rag.models.retriever import EmbeddingError, Retriever
 
 QUESTIONS = [
     "What was the total number of handgun permits in November 2015?",
@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 runs.append({"dtype": name, "batch_size": batch, "error": "out of memory"})
                 torch.cuda.empty_cache()
                 break
+            except EmbeddingError as exc:  # random weights can overflow float16
+                runs.append({"dtype": name, "batch_size": batch, "error": str(exc)[:200]})
+                break
             rate = args.pages / seconds
             run = {
                 "dtype": name,
@@ -191,15 +194,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if best is None or rate > best["pages_per_s"]:
                 best = run
         retriever.batch_size = 1
-        retriever.embed_query(QUESTIONS[0])  # warm-up
-        times = []
-        for q in QUESTIONS * 5:
-            started = time.perf_counter()
-            retriever.embed_query(q)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-        result.setdefault("query_latency", {})[name] = latency_ms(times)
+        try:
+            retriever.embed_query(QUESTIONS[0])  # warm-up
+            times = []
+            for q in QUESTIONS * 5:
+                started = time.perf_counter()
+                retriever.embed_query(q)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+            result.setdefault("query_latency", {})[name] = latency_ms(times)
+        except EmbeddingError as exc:
+            result.setdefault("query_latency", {})[name] = {"error": str(exc)[:200]}
         del model, processor, retriever
         if device.type == "cuda":
             torch.cuda.empty_cache()
