@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -103,3 +103,24 @@ def tiny_generator(tiny_generator_dir: Path, tmp_path_factory: pytest.TempPathFa
         max_new_tokens=16,
     )
     return Generator.load(settings)
+
+
+@pytest.fixture(scope="session")
+def make_serving_service(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_colqwen_dir: Path,
+    tiny_generator_dir: Path,
+    tiny_retriever: Retriever,
+    tiny_generator: Any,
+) -> Any:
+    """`make_serving_service(name, **settings)`: a fresh service on the session's tiny models
+    (tests/serving.py), with its own data directory."""
+    from tests.serving import serving_service
+
+    def make(name: str, **extra: Any) -> Any:
+        data = tmp_path_factory.mktemp(f"{name}-data")
+        return serving_service(
+            data, tiny_colqwen_dir, tiny_generator_dir, tiny_retriever, tiny_generator, **extra
+        )
+
+    return make

@@ -18,25 +18,17 @@ from rag.api import create_app
 from rag.service import PageRAG
 from rag.workqueue import WorkQueue
 from tests.pdfs import make_pdf
-from tests.serving import make_library, serving_service
+from tests.serving import make_library
 
 API = "/api/v1"
 
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever,
-    tiny_generator,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("api-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "api",
     )
     svc.ingest([make_library(tmp_path_factory.mktemp("api-library"))])
     yield svc

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from rag.heatmap import (
     similarity_maps,
 )
 from rag.service import PageRAG
-from tests.serving import make_library, serving_service
+from tests.serving import make_library
 
 
 def test_maps_follow_the_patch_grid_row_by_row() -> None:
@@ -64,18 +63,10 @@ def test_bad_grids_are_reported() -> None:
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever,
-    tiny_generator,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("heatmap-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "heatmap",
     )
     svc.ingest([make_library(tmp_path_factory.mktemp("heatmap-library"))])
     yield svc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +15,17 @@ from rag.jobs import JobManager
 from rag.service import PageRAG
 from rag.workqueue import WorkQueue
 from tests.pdfs import make_pdf
-from tests.serving import make_library, serving_service
+from tests.serving import make_library
 from ui import actions
 from ui.app import build_ui
 
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever,
-    tiny_generator,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("ui-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "ui",
         new_tokens=16,
     )
     svc.ingest([make_library(tmp_path_factory.mktemp("ui-library"))])

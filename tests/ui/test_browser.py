@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from rag.service import PageRAG
 from tests.conftest import CORPUS
 from tests.pdfs import make_pdf
 from tests.scripted import ScriptedGenerator
-from tests.serving import running_server, serving_service
+from tests.serving import running_server
 
 pytestmark = [
     pytest.mark.browser,
@@ -104,18 +104,10 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever,
-    tiny_generator,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("browser-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "browser",
         new_tokens=24,
         max_visual_tokens=64,  # a finer patch grid: the similarity map shows more detail
     )
