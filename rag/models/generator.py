@@ -15,7 +15,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from rag.config import Settings
 from rag.models.device import resolve_device_dtype
-from rag.models.loading import ModelLoadError, ModelSource, load_error, resolve_model_source
+from rag.models.loading import (
+    ModelLoadError,
+    ModelSource,
+    load_checkpoint,
+    load_error,
+    resolve_model_source,
+)
 from rag.prompt import PromptPage, Turn, build_messages
 
 if TYPE_CHECKING:
@@ -324,21 +330,17 @@ def _load_model(
             setting=SETTING,
             kind=KIND,
         )
-    try:
-        model, info = Qwen2VLForConditionalGeneration.from_pretrained(
-            str(source.path), dtype=dtype, device_map=str(device), output_loading_info=True
-        )
-    except (OSError, ValueError) as exc:
-        raise load_error(source.model_id, str(exc), setting=SETTING, kind=KIND) from exc
-    # A ColQwen2 (or other embedding) checkpoint loads too, with a random language-model head.
-    if any(k.startswith("lm_head") for k in info.get("missing_keys", ())):
-        raise load_error(
-            source.model_id,
-            "it is not a Qwen2-VL generation checkpoint (no lm_head weights)",
-            setting=SETTING,
-            kind=KIND,
-        )
-    return model.eval()
+    # A ColQwen2 (or other embedding) checkpoint would load too, with a random LM head.
+    return load_checkpoint(
+        Qwen2VLForConditionalGeneration,
+        source,
+        device,
+        dtype,
+        required="lm_head",
+        what="Qwen2-VL generation",
+        setting=SETTING,
+        kind=KIND,
+    )
 
 
 def _load_processor(source: ModelSource) -> ProcessorMixin:

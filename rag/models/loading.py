@@ -122,3 +122,32 @@ def _from_hub(model_id: str, revision: str | None, *, setting: str, kind: str) -
         raise load_error(model_id, reason, setting=setting, kind=kind) from exc
     # The cache lays snapshots out as .../snapshots/<commit hash>.
     return ModelSource(model_id=model_id, path=Path(path), revision=Path(path).name)
+
+
+def load_checkpoint(
+    model_class: Any,
+    source: ModelSource,
+    device: Any,
+    dtype: Any,
+    *,
+    required: str,
+    what: str,
+    setting: str,
+    kind: str,
+) -> Any:
+    """`model_class.from_pretrained` on `source`, refusing a checkpoint that lacks the
+    `required` weights: transformers would load it anyway, with those layers random."""
+    try:
+        model, info = model_class.from_pretrained(
+            str(source.path), dtype=dtype, device_map=str(device), output_loading_info=True
+        )
+    except (OSError, ValueError) as exc:
+        raise load_error(source.model_id, str(exc), setting=setting, kind=kind) from exc
+    if any(k.startswith(required) for k in info.get("missing_keys", ())):
+        raise load_error(
+            source.model_id,
+            f"it is not a {what} checkpoint (no {required} weights)",
+            setting=setting,
+            kind=kind,
+        )
+    return model.eval()

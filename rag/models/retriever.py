@@ -11,7 +11,13 @@ import torch
 
 from rag.config import Settings
 from rag.models.device import resolve_device_dtype
-from rag.models.loading import ModelLoadError, ModelSource, load_error, resolve_model_source
+from rag.models.loading import (
+    ModelLoadError,
+    ModelSource,
+    load_checkpoint,
+    load_error,
+    resolve_model_source,
+)
 from rag.types import PageEmbedding
 
 if TYPE_CHECKING:
@@ -189,21 +195,17 @@ def _load_model(
 def _from_pretrained(source: ModelSource, device: torch.device, dtype: torch.dtype) -> ColQwen2:
     from colpali_engine.models import ColQwen2
 
-    try:
-        model, info = ColQwen2.from_pretrained(
-            str(source.path), dtype=dtype, device_map=str(device), output_loading_info=True
-        )
-    except (OSError, ValueError) as exc:
-        raise load_error(source.model_id, str(exc), setting=SETTING, kind=KIND) from exc
-    # A plain Qwen2-VL checkpoint loads too, with a random projection: refuse it.
-    if any(k.startswith("custom_text_proj") for k in info.get("missing_keys", ())):
-        raise load_error(
-            source.model_id,
-            "it is not a ColQwen2 checkpoint (no custom_text_proj weights)",
-            setting=SETTING,
-            kind=KIND,
-        )
-    return model.eval()
+    # A plain Qwen2-VL checkpoint would load too, with a random projection.
+    return load_checkpoint(
+        ColQwen2,
+        source,
+        device,
+        dtype,
+        required="custom_text_proj",
+        what="ColQwen2",
+        setting=SETTING,
+        kind=KIND,
+    )
 
 
 def _load_processor(

@@ -11,15 +11,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from rag.api import create_app
 from rag.service import PageRAG
-from tests.serving import make_library, running_server, serving_service
+from tests.serving import make_library, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,18 +31,10 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever: Any,
-    tiny_generator: Any,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("load-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "load",
         queue_size=4,  # small, so that 20 clients overflow it and 429s happen
         request_timeout=30.0,
     )

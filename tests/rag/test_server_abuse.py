@@ -8,7 +8,7 @@ import http.server
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from rag.api import create_app
 from rag.guard import file_route_refusal
 from rag.service import PageRAG
 from tests.rawhttp import RawResponse, raw_request
-from tests.serving import make_library, running_server, serving_service
+from tests.serving import make_library, running_server
 
 MiB = 1024 * 1024
 UPLOAD_MB = 2  # the server's PAGERAG_MAX_UPLOAD_MB here
@@ -38,18 +38,10 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever: Any,
-    tiny_generator: Any,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("abuse-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "abuse",
         max_upload_mb=UPLOAD_MB,
     )
     svc.ingest([make_library(tmp_path_factory.mktemp("abuse-library"))])

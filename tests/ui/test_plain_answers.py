@@ -4,16 +4,14 @@ in test_browser.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 import pytest
 
 from rag.service import PageRAG
 from tests.scripted import ScriptedGenerator
-from tests.serving import make_library, serving_service
+from tests.serving import make_library
 from ui import actions
 from ui.app import build_ui
 
@@ -29,18 +27,10 @@ HOSTILE_ANSWER = [
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_colqwen_dir: Path,
-    tiny_generator_dir: Path,
-    tiny_retriever: Any,
-    tiny_generator: Any,
+    tmp_path_factory: pytest.TempPathFactory, make_serving_service: Callable[..., PageRAG]
 ) -> Iterator[PageRAG]:
-    svc = serving_service(
-        tmp_path_factory.mktemp("plain-data"),
-        tiny_colqwen_dir,
-        tiny_generator_dir,
-        tiny_retriever,
-        tiny_generator,
+    svc = make_serving_service(
+        "plain",
     )
     svc._generator = ScriptedGenerator(HOSTILE_ANSWER)  # type: ignore[assignment]
     svc.ingest([make_library(tmp_path_factory.mktemp("plain-library"))])
