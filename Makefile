@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format clean system-deps browser-deps ingest serve bench load
+.PHONY: setup test lint check format clean system-deps browser-deps ingest serve bench load
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ test: setup system-deps browser-deps
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Lint, format and types (mypy; settings in pyproject.toml).
+check: lint
+	$(VENV)/bin/mypy
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -83,7 +83,11 @@ class Manifest:
         row = self._db.execute(
             "SELECT doc_id, state, title, pages, tags FROM documents WHERE doc_id = ?", (doc_id,)
         ).fetchone()
-        return None if row is None else DocRow(*row[:4], tuple(json.loads(row[4])))
+        return (
+            None
+            if row is None
+            else DocRow(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])))
+        )
 
     def begin(
         self, doc_id: str, *, title: str, pages: int, size: int, kind: str, tags: tuple[str, ...]
@@ -146,9 +150,13 @@ class Manifest:
         )
 
     def resolve(self, prefix: str) -> list[str]:
-        """Document ids starting with `prefix` (users type short ids, like git)."""
+        """Document ids starting with `prefix` (users type short ids, like git), in order.
+
+        Compared as plain text at the start of the id: with LIKE, `%` and `_` in a typed id
+        were wildcards and matched other documents (`rag.ids` also refuses them earlier)."""
         rows = self._db.execute(
-            "SELECT doc_id FROM documents WHERE doc_id LIKE ? || '%'", (prefix.lower(),)
+            "SELECT doc_id FROM documents WHERE substr(doc_id, 1, ?) = ? ORDER BY doc_id",
+            (len(prefix), prefix),
         )
         return [r[0] for r in rows]
 

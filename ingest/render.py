@@ -26,6 +26,10 @@ class RenderError(Exception):
     """A file that cannot be turned into pages; the message says why in plain words."""
 
 
+class PageError(RenderError):
+    """One page that cannot be rendered; the document's other pages still can be."""
+
+
 @dataclass(frozen=True)
 class RenderLimits:
     """Budgets that keep one hostile file from taking the machine down."""
@@ -34,6 +38,9 @@ class RenderLimits:
     max_edge: int = 8_000  # long edge of a rendered page, pixels
     max_pages: int = 2_000  # pages indexed per document; the rest are reported, not indexed
     image_max_pixels: int = 100_000_000  # input images above this are decompression bombs
+    # Per document: rendering stops (the pages so far are kept) once either is spent.
+    max_render_seconds: float = 600.0  # time spent waiting for the renderer
+    max_image_bytes: int = 500 * 1024 * 1024  # page images written
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,12 @@ class RenderedPage:
 class OpenedDocument:
     pages: int
     title: str
+
+
+@dataclass(frozen=True)
+class SkippedPage:
+    number: int  # 1-based
+    reason: str
 
 
 def _pdfium_reason(exc: Exception) -> str:
@@ -131,6 +144,69 @@ def _scale(width: float, height: float, wanted: float, limits: RenderLimits) -> 
     )
 
 
+class PageSource:
+    """An open document whose pages are rendered one by one, in the order of `numbers`.
+
+    `render` raises PageError for a page that cannot be rendered (it failed to load, its box
+    is empty or absurd, the renderer returned the wrong size): the caller skips that page.
+    Opening raises RenderError for the whole file (not a PDF, damaged, encrypted)."""
+
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        *,
+        renderer: str = "pypdfium2",
+        dpi: int = 144,
+        skip: set[int] | None = None,
+        first: int = 1,
+        password: str | None = None,
+        limits: RenderLimits | None = None,
+    ) -> None:
+        self.path, self.renderer, self.dpi = path, renderer, dpi
+        self.password = password
+        self.limits = limits or RenderLimits()
+        skip = skip or set()
+        self._pdf: pdfium.PdfDocument | None = None
+        if kind == "image":
+            count = 1
+        else:
+            if renderer not in RENDERERS:
+                raise RenderError(
+                    f"unknown renderer {renderer!r}; set PAGERAG_RENDERER to one of {RENDERERS}"
+                )
+            self._pdf = open_pdf(path, password)
+            count = min(len(self._pdf), self.limits.max_pages)
+        self.numbers = [n for n in range(max(first, 1), count + 1) if n not in skip]
+
+    def render(self, number: int) -> RenderedPage:
+        if self._pdf is None:
+            return RenderedPage(1, _load_image(self.path, self.limits), "")
+        try:
+            page = self._pdf[number - 1]
+        except pdfium.PdfiumError as exc:
+            raise PageError(f"page {number} cannot be loaded (broken page tree?)") from exc
+        try:
+            return _render_page(
+                self.path, page, number, self.renderer, self.dpi, self.password, self.limits
+            )
+        except pdfium.PdfiumError as exc:
+            raise PageError(f"page {number} cannot be rendered ({exc})") from exc
+        finally:
+            page.close()
+
+    def close(self) -> None:
+        if self._pdf is not None:
+            self._pdf.close()
+            self._pdf = None
+
+    def __enter__(self) -> PageSource:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 def iter_pages(
     path: Path,
     kind: str,
@@ -141,35 +217,14 @@ def iter_pages(
     password: str | None = None,
     limits: RenderLimits | None = None,
 ) -> Iterator[RenderedPage]:
-    """Render pages one at a time (bounded memory), skipping the page numbers in `skip`."""
-    limits = limits or RenderLimits()
-    skip = skip or set()
-    if kind == "image":
-        if 1 not in skip:
-            yield RenderedPage(1, _load_image(path, limits), "")
-        return
-    if renderer not in RENDERERS:
-        raise RenderError(
-            f"unknown renderer {renderer!r}; set PAGERAG_RENDERER to one of {RENDERERS}"
-        )
-    pdf = open_pdf(path, password)
-    try:
-        for index in range(min(len(pdf), limits.max_pages)):
-            number = index + 1
-            if number in skip:
-                continue
-            try:
-                page = pdf[index]
-            except pdfium.PdfiumError as exc:
-                raise RenderError(f"page {number} cannot be loaded (broken page tree?)") from exc
-            try:
-                yield _render_page(path, page, number, renderer, dpi, password, limits)
-            except pdfium.PdfiumError as exc:
-                raise RenderError(f"page {number} cannot be rendered ({exc})") from exc
-            finally:
-                page.close()
-    finally:
-        pdf.close()
+    """Render pages one at a time (bounded memory), skipping the page numbers in `skip`.
+    A page that cannot be rendered raises PageError; the sandbox's worker skips such pages
+    and goes on (see PageSource)."""
+    with PageSource(
+        path, kind, renderer=renderer, dpi=dpi, skip=skip, password=password, limits=limits
+    ) as source:
+        for number in source.numbers:
+            yield source.render(number)
 
 
 def _render_page(
@@ -183,11 +238,11 @@ def _render_page(
 ) -> RenderedPage:
     width, height = page.get_size()  # points, rotation applied
     if not (math.isfinite(width) and math.isfinite(height)) or width < 1 or height < 1:
-        raise RenderError(f"page {number} has an empty or invalid page box ({width} x {height} pt)")
+        raise PageError(f"page {number} has an empty or invalid page box ({width} x {height} pt)")
     scale = _scale(width, height, dpi / 72, limits)
     expected = (round(width * scale), round(height * scale))
     if min(expected) < MIN_EDGE:
-        raise RenderError(
+        raise PageError(
             f"page {number} has an absurd shape ({width:.0f} x {height:.0f} pt): it would "
             f"render to {expected[0]} x {expected[1]} pixels"
         )
@@ -204,7 +259,7 @@ def _render_page(
             expected[0] / expected[1]
         )
         if min(image.size) < MIN_EDGE or not shape_ok:
-            raise RenderError(
+            raise PageError(
                 f"page {number}: the renderer returned a {image.width} x {image.height} image "
                 f"for a page that should render to {expected[0]} x {expected[1]}"
             )
@@ -234,14 +289,14 @@ def _render_poppler(path: Path, number: int, dpi: float, password: str | None) -
     try:
         images = convert_from_path(
             path,
-            dpi=dpi,
+            dpi=dpi,  # type: ignore[arg-type]  # typed int; poppler's -r takes a float
             first_page=number,
             last_page=number,
-            userpw=password,
+            userpw=password,  # type: ignore[arg-type]  # typed str; None means no password
             use_cropbox=True,  # what PDFium renders and what a reader shows
         )
     except (PDFInfoNotInstalledError, PDFPageCountError) as exc:
-        raise RenderError(f"poppler cannot render page {number} ({exc})") from exc
+        raise PageError(f"poppler cannot render page {number} ({exc})") from exc
     if not images:
-        raise RenderError(f"poppler returned no image for page {number}")
+        raise PageError(f"poppler returned no image for page {number}")
     return images[0].convert("RGB")

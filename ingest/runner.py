@@ -13,7 +13,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -29,15 +29,17 @@ from ingest.discover import (
     mislabelled,
     sniff_kind,
 )
+from ingest.diskspace import DiskFullError
 from ingest.manifest import Manifest, now
-from ingest.render import RenderError
-from ingest.sandbox import RenderSandbox, SandboxPage
+from ingest.render import RenderError, SkippedPage
+from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
 from rag.index.base import PageIndex
 from rag.types import IngestReport, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
 
 UPSERT_ATTEMPTS = 4  # transient store errors: retried with backoff 0.5 s, 1 s, 2 s
+MAX_PAGE_WARNINGS = 10  # skipped pages named one by one per document; the rest in one line
 
 
 class PageEmbedder(Protocol):
@@ -73,6 +75,11 @@ class _Job:
     password: str | None = None
     stored: frozenset[int] = frozenset()  # pages already in the index from an interrupted run
     failed: bool = False
+    cancelled: bool = False  # deleted while being ingested: nothing of it is kept
+    total: int = 0  # the file's page count; `pages` is what the page cap lets in
+    # Set by the render thread before it queues the job's end; read only after that.
+    skipped: dict[int, str] = field(default_factory=dict)  # page -> why it cannot render
+    stop: BudgetStop | None = None  # a per-document budget ended rendering early
 
 
 @dataclass
@@ -87,6 +94,16 @@ class _StoreError(Exception):
 
 
 _END = object()
+
+
+def _nothing_rendered(job: _Job) -> str:
+    """Why a document has no page to index: the reasons of its first skipped pages."""
+    reasons = [f"{reason}" for _, reason in sorted(job.skipped.items())[:3]]
+    if len(job.skipped) > 3:
+        reasons.append(f"{len(job.skipped) - 3} more pages failed")
+    if job.stop is not None:
+        reasons.append(f"rendering stopped at page {job.stop.next_page}: {job.stop.budget}")
+    return "no page of the document could be rendered: " + "; ".join(reasons)
 
 
 def page_image_dir(images_dir: Path, doc_id: str) -> Path:
@@ -105,6 +122,8 @@ class IngestRunner:
         batch_size: int = 4,
         on_progress: Callable[[Progress], None] | None = None,
         retry_delay: float = 0.5,
+        check_space: Callable[[], None] | None = None,
+        between_batches: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.manifest = manifest
         self.index = index
@@ -114,6 +133,10 @@ class IngestRunner:
         self.batch_size = batch_size
         self.retry_delay = retry_delay
         self._notify = on_progress or (lambda _p: None)
+        # Raises DiskFullError when the disk is too full to write a batch (ingest/diskspace.py).
+        self._check_space = check_space or (lambda: None)
+        # Runs the deletions queued meanwhile (rag/writelock.py); the ids it deleted.
+        self._between_batches = between_batches or (lambda: ())
         self._passwords: dict[str, str] = {}
 
     # -- planning -------------------------------------------------------------------------
@@ -185,7 +208,8 @@ class IngestRunner:
         if kind is None:
             self._fail(file, describe_content(head), report)
             return
-        if reason := mislabelled(head, kind, file.path.suffix):
+        # By the name users gave the file (an upload's staged path has none of its own).
+        if reason := mislabelled(head, kind, Path(file.source).suffix):
             self._fail(file, reason, report)
             return
         password = self._passwords.get(file.source) or self._passwords.get(file.path.name)
@@ -194,20 +218,25 @@ class IngestRunner:
         except RenderError as exc:
             self._fail(file, str(exc), report)
             return
-        cap = self.sandbox.limits.max_pages
-        if opened.pages > cap:
-            warning = (
-                f"only the first {cap} of {opened.pages} pages are indexed "
-                "(PAGERAG_MAX_PAGES_PER_DOCUMENT)"
-            )
-            report.warnings.append({"source": file.source, "warning": warning})
         size = file.path.stat().st_size
-        pages = min(opened.pages, cap)
-        jobs[doc_id] = _Job([file], doc_id, kind, opened.title, pages, size, tags, password)
+        pages = min(opened.pages, self.sandbox.limits.max_pages)  # _finish warns of the cap
+        jobs[doc_id] = _Job(
+            [file], doc_id, kind, opened.title, pages, size, tags, password, total=opened.pages
+        )
 
     # -- execution ------------------------------------------------------------------------
     def _execute(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:
+        try:
+            self._execute_jobs(jobs, report, progress)
+        except DiskFullError as exc:
+            # The run stops; the document in progress stays 'pending' with the pages it has,
+            # and the next run completes it. The caller gets what was done until then.
+            exc.report = report  # type: ignore[attr-defined]
+            raise
+
+    def _execute_jobs(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:
         # Manifest and index are touched from this thread only; the producer just renders.
+        self._check_space()
         for job in jobs:
             self.manifest.begin(
                 job.doc_id,
@@ -234,15 +263,20 @@ class IngestRunner:
                     if not item.job.failed:
                         batch.append(item)
                 elif isinstance(item, tuple):  # (job, error) from the renderer
+                    self._check_space()  # a page image the full disk refused: stop, keep it
                     job, error = item
                     batch = [p for p in batch if p.job is not job]
-                    self._abort(job, error, report)
+                    if job.cancelled:
+                        self.remove(job.doc_id)  # images it rendered after the deletion
+                    else:
+                        self._abort(job, error, report)
                 else:
                     assert isinstance(item, _Job)
                     ended.append(item)
                 if len(batch) >= self.batch_size or (ended and not batch):
                     self._drain(batch, ended, embedder, report, progress)
                     batch, ended = [], []
+                    self._cancel(jobs, self._between_batches(), report)
             self._drain(batch, ended, embedder, report, progress)
         finally:
             stop.set()
@@ -263,7 +297,9 @@ class IngestRunner:
         """Embed and store the batch, then finish the documents whose pages are all stored."""
         self._store(batch, embedder, report)
         for job in ended:
-            if not job.failed:
+            if job.cancelled:
+                self.remove(job.doc_id)  # images it rendered after the deletion
+            elif not job.failed:
                 self._finish(job, report)
             progress.files_done += len(job.files)
             progress.current = job.files[0].source
@@ -285,6 +321,9 @@ class IngestRunner:
             for job in jobs:
                 if stop.is_set():
                     return
+                if job.cancelled:  # deleted before its turn: nothing to render
+                    put(job)
+                    continue
                 try:
                     for page in self.sandbox.render(
                         job.files[0].path,
@@ -293,6 +332,12 @@ class IngestRunner:
                         skip=set(job.stored),
                         password=job.password,
                     ):
+                        if isinstance(page, SkippedPage):
+                            job.skipped[page.number] = page.reason
+                            continue
+                        if isinstance(page, BudgetStop):
+                            job.stop = page
+                            continue
                         with Image.open(page.image) as img:
                             image = img.convert("RGB")
                         put(_Page(job, page, image))
@@ -312,6 +357,7 @@ class IngestRunner:
     def _store(self, batch: list[_Page], embedder: PageEmbedder, report: IngestReport) -> None:
         if not batch:
             return
+        self._check_space()  # before the batch's vectors and WAL entries are written
         jobs = {id(p.job): p.job for p in batch}.values()
         try:
             embeddings = embedder.embed_pages([p.image for p in batch])
@@ -373,16 +419,64 @@ class IngestRunner:
         )
 
     def _finish(self, job: _Job, report: IngestReport) -> None:
-        stored = self.index.page_ids(job.doc_id)
-        if len(stored) != job.pages:
+        stored = set(self.index.page_ids(job.doc_id))
+        # Every page before the end is stored or skipped with a reason (this run or an
+        # interrupted one: a skipped page is never stored, so a resumed run retries it).
+        end = job.stop.next_page - 1 if job.stop else job.pages
+        missing = [n for n in range(1, end + 1) if n not in stored and n not in job.skipped]
+        if missing:
             self._abort(job, f"only {len(stored)} of {job.pages} pages were stored", report)
             return
+        if not stored:
+            self._abort(job, _nothing_rendered(job), report)
+            return
+        self._warn_partial(job, end, report)
+        if len(stored) != job.pages:  # the listing and /status count the pages stored
+            self.manifest.begin(
+                job.doc_id,
+                title=job.title,
+                pages=len(stored),
+                size=job.size,
+                kind=job.kind,
+                tags=job.tags,
+            )
         self.index.flush()  # durable before the manifest says 'done'
         self.manifest.finish(job.doc_id)
         for file in job.files:
             self._link(file, job.doc_id)
         report.indexed_documents += 1
         report.skipped_documents += len(job.files) - 1  # identical copies are stored once
+
+    def _warn_partial(self, job: _Job, end: int, report: IngestReport) -> None:
+        """One warning per skipped page (the first few), one for a cap or budget cut."""
+        source = job.files[0].source
+        skipped = sorted(job.skipped.items())
+        for number, reason in skipped[:MAX_PAGE_WARNINGS]:
+            warning = f"page {number} is not indexed: {reason}"
+            report.warnings.append({"source": source, "warning": warning})
+        if len(skipped) > MAX_PAGE_WARNINGS:
+            more = [str(n) for n, _ in skipped[MAX_PAGE_WARNINGS:]]
+            warning = f"{len(more)} more pages are not indexed (pages {', '.join(more[:50])})"
+            report.warnings.append({"source": source, "warning": warning})
+        if job.stop is not None:
+            budget = job.stop.budget
+        elif job.total > job.pages:
+            budget = f"PAGERAG_MAX_PAGES_PER_DOCUMENT={job.pages}"
+        else:
+            return
+        warning = (
+            f"only the first {end} of {job.total} pages are indexed: the document reached "
+            f"{budget}; to index the rest, raise it, delete the document and ingest it again"
+        )
+        report.warnings.append({"source": source, "warning": warning})
+
+    def _cancel(self, jobs: list[_Job], deleted: Collection[str], report: IngestReport) -> None:
+        """Stop ingesting the documents that were just deleted (already removed)."""
+        for job in jobs:
+            if job.doc_id in deleted and not job.cancelled:
+                job.failed = job.cancelled = True
+                error = "deleted while it was being ingested; nothing of it is kept"
+                report.failed.extend({"source": f.source, "error": error} for f in job.files)
 
     def _abort(self, job: _Job, error: str, report: IngestReport) -> None:
         """Nothing is kept of a document that cannot be read."""

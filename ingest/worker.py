@@ -1,9 +1,14 @@
 """The render worker: a child process that opens and renders files for ingest/sandbox.py.
 
-Protocol: one JSON request per line on stdin, JSON replies one per line on stdout.
+Protocol: one JSON message per line, requests on stdin, replies on stdout.
   {"op": "inspect", "path", "kind", "password", "limits"}   -> {"pages", "title"} | {"error"}
-  {"op": "render", ..., "renderer", "dpi", "skip", "out_dir"} -> {"page", "image", "width",
-      "height", "text"} per page, then {"done": true} | {"error", "page"}
+  {"op": "render", ..., "renderer", "dpi", "skip", "first", "out_dir"}
+      -> {"pages": [the page numbers it will render, in order]} | {"error"}
+      then per page {"page", "image", "width", "height", "text", "bytes"}
+                  | {"page", "skipped": reason} | {"error"} (the whole file fails),
+      and after each page but the last it waits for {"op": "next"} or {"op": "stop"}.
+The lockstep keeps exactly one page in flight, so the parent always knows which page a hang
+or crash belongs to and can stop at a budget without leaving images it will not index.
 It runs with an address-space limit and in its own process group, so the parent can kill it
 (and any pdftoppm it started) as a whole when a page hangs.
 """
@@ -18,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ingest.render import RenderError, RenderLimits, inspect, iter_pages
+from ingest.render import PageError, PageSource, RenderError, RenderLimits, inspect
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -41,38 +46,65 @@ def _handle(request: dict[str, Any], out: Any) -> None:
         _reply(out, asdict(inspect(path, kind, password, limits)))
         return
     out_dir = Path(request["out_dir"])
-    pages = iter_pages(
+    with PageSource(
         path,
         kind,
         renderer=request["renderer"],
         dpi=request["dpi"],
         skip=set(request.get("skip", [])),
+        first=request.get("first", 1),
         password=password,
         limits=limits,
-    )
-    for page in pages:
-        image_path = out_dir / f"p{page.number:04d}.png"
-        tmp = image_path.with_suffix(".tmp")
-        page.image.save(tmp, format="PNG", compress_level=3)
-        os.replace(tmp, image_path)  # never a half-written page image
-        _reply(
-            out,
-            {
-                "page": page.number,
-                "image": str(image_path),
-                "width": page.image.width,
-                "height": page.image.height,
-                "text": page.text,
-            },
-        )
-    _reply(out, {"done": True})
+    ) as source:
+        _reply(out, {"pages": source.numbers})
+        for i, number in enumerate(source.numbers):
+            _reply(out, _render_one(source, number, out_dir))
+            if i + 1 == len(source.numbers) or _next_command(sys.stdin) != "next":
+                return
+
+
+def image_path(out_dir: Path, number: int) -> Path:
+    """Where page `number`'s image is written (the API serves it from the same name)."""
+    return out_dir / f"p{number:04d}.png"
+
+
+def _render_one(source: PageSource, number: int, out_dir: Path) -> dict[str, Any]:
+    try:
+        page = source.render(number)
+    except PageError as exc:
+        return {"page": number, "skipped": str(exc)}
+    except MemoryError:  # one huge page; the next may be fine (the limit is per process)
+        return {
+            "page": number,
+            "skipped": f"page {number} ran out of memory while rendering "
+            "(PAGERAG_RENDER_MEMORY_MB)",
+        }
+    except Exception as exc:  # a renderer bug on this page; the other pages may be fine
+        return {"page": number, "skipped": f"page {number}: rendering failed ({exc!r})"}
+    target = image_path(out_dir, number)
+    tmp = target.with_suffix(".tmp")
+    page.image.save(tmp, format="PNG", compress_level=3)
+    os.replace(tmp, target)  # never a half-written page image
+    return {
+        "page": number,
+        "image": str(target),
+        "width": page.image.width,
+        "height": page.image.height,
+        "text": page.text,
+        "bytes": target.stat().st_size,
+    }
+
+
+def _next_command(stdin: Any) -> str:
+    line = stdin.readline()
+    return json.loads(line).get("op", "stop") if line.strip() else "stop"
 
 
 def main() -> None:
     _limit_memory(int(os.environ.get("PAGERAG_WORKER_MEMORY_MB", "0")))
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
-    for line in sys.stdin:
+    while line := sys.stdin.readline():
         request = json.loads(line)
         try:
             _handle(request, out)

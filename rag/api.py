@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +17,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
 
-from rag.api_deps import key_matches
 from rag.api_routes import router
 from rag.config import Settings
 from rag.errors import user_error_status
-from rag.guard import Limits, MiB, RequestGuard
+from rag.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard, key_matches
 from rag.heatmap import HeatmapError
 from rag.index.base import IndexMismatchError, IndexUnavailableError
 from rag.jobs import JobManager
@@ -88,13 +88,73 @@ def create_app(
     app.state.readiness = readiness
     _add_error_handlers(app)
     # Around everything, the UI included: bodies are capped as they arrive (FastAPI and Gradio
-    # would buffer them first) and Gradio's file routes never fetch URLs or leave their folders.
-    app.add_middleware(RequestGuard, limits=Limits(upload_bytes=settings.max_upload_mb * MiB))
+    # would buffer them first), Gradio's file routes never fetch URLs or leave their folders, and
+    # a UI event can name no file but the uploads its own client made.
+    gate = Gate(keys=settings.api_key_list)
+    app.add_middleware(
+        RequestGuard,
+        limits=Limits(
+            upload_bytes=settings.max_upload_mb * MiB,
+            body_idle_seconds=min(30.0, settings.request_timeout),
+        ),
+        uploads=ReceivedUploads(),
+        gate=gate,
+    )
     app.include_router(router)
     _add_health(app)
+    _add_fallback(app)
+    if not gate.keys:
+        _drop_security(app)
     if ui:
-        _mount_ui(app, service, jobs)
+        gate.ui_logged_in = _mount_ui(app, service, jobs)
     return app
+
+
+def _add_fallback(app: FastAPI) -> None:
+    """/api/v1 paths no route takes: 405 with `Allow` for a known path and another method,
+    else 404; in JSON, instead of falling through to the web UI mounted at /."""
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+    @app.api_route("/api/v1/{rest:path}", methods=methods, include_in_schema=False)
+    async def no_route(request: Request, rest: str) -> JSONResponse:
+        path = request.url.path
+        routes = [r for r in app.router.routes if getattr(r, "name", None) != "no_route"]
+        allowed = [
+            method
+            for method in methods
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in routes
+                if getattr(route, "path", None) != ""  # the web UI takes any path
+            )
+        ]
+        if allowed:
+            return JSONResponse(
+                {"detail": f"{request.method} is not allowed here; use {', '.join(allowed)}"},
+                status.HTTP_405_METHOD_NOT_ALLOWED,
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return JSONResponse(
+            {"detail": f"no API route {path}; /docs lists them"}, status.HTTP_404_NOT_FOUND
+        )
+
+
+def _drop_security(app: FastAPI) -> None:
+    """Without PAGERAG_API_KEYS no call needs a key: the OpenAPI schema must not ask for one
+    (generated clients would insist on it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schema.get("components", {}).pop("securitySchemes", None)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _load_models(service: PageRAG, readiness: Readiness) -> None:
@@ -109,13 +169,15 @@ def _load_models(service: PageRAG, readiness: Readiness) -> None:
 
 
 def _add_health(app: FastAPI) -> None:
+    # Async and lock-free: they run on the event loop, so no number of slow requests holding
+    # worker threads can keep them from answering.
     @app.get("/healthz", tags=["status"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up (answers while the models are still loading)."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["status"], responses={503: {"description": "Not ready yet"}})
-    def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Models loaded and index open: ready for questions."""
         readiness: Readiness = request.app.state.readiness
         if readiness.error:
@@ -171,7 +233,8 @@ def _private_paths(settings: Settings) -> list[Path]:
     return [settings.index_dir, settings.uploads_dir, manifest, *journals]
 
 
-def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> None:
+def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> Callable[[dict[str, str]], bool]:
+    """Mounts the web UI at `/`; returns the check of whether cookies are a UI login."""
     import gradio as gr
 
     from ui.app import THEME, build_ui
@@ -186,9 +249,10 @@ def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> None:
     if keys:
         kwargs["auth"] = login
         kwargs["auth_message"] = "Enter any user name and one of the server's API keys."
+    blocks = build_ui(service, jobs=jobs)
     gr.mount_gradio_app(
         app,
-        build_ui(service, jobs=jobs),
+        blocks,
         path="/",
         # Page images are shown straight from the data directory, and nothing else from it:
         # Gradio serves only these, its own upload folder and its cache; the rest of the data
@@ -204,3 +268,19 @@ def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> None:
         theme=THEME,
         **kwargs,
     )
+    # Gradio checks the file paths in event inputs (only its upload folder) and outputs
+    # (allowed_paths, blocked_paths) only once `has_launched` is set, which `launch()` does and
+    # mounting does not (gradio 6.x, `processing_utils._check_allowed`; pinned in pyproject and
+    # tested in tests/ui/test_event_files.py). The guard's own check comes first; this is the
+    # second line.
+    blocks.has_launched = True
+    [ui_app] = [r.app for r in app.routes if getattr(r, "path", None) == ""]  # type: ignore[attr-defined]
+
+    def logged_in(jar: dict[str, str]) -> bool:
+        cookie_id = ui_app.cookie_id  # type: ignore[attr-defined]
+        token = jar.get(f"access-token-{cookie_id}") or jar.get(
+            f"access-token-unsecure-{cookie_id}"
+        )
+        return token is not None and token in ui_app.tokens  # type: ignore[attr-defined]
+
+    return logged_in

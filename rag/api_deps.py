@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from rag import ids
+from rag.guard import key_matches
+from rag.ids import (
+    DOC_ID_LENGTH,
+    DOC_PREFIX_PATTERN,
+    JOB_ID_LENGTH,
+    JOB_ID_PATTERN,
+    MIN_PREFIX,
+    IdError,
+    doc_prefix,
+)
 from rag.jobs import JobManager
 from rag.service import PageRAG, PageRAGError
 from rag.workqueue import Ticket
@@ -30,15 +40,6 @@ JobsDep = Annotated[JobManager, Depends(get_jobs)]
 _bearer = HTTPBearer(auto_error=False, description="One of PAGERAG_API_KEYS, when it is set")
 
 
-def key_matches(given: str, keys: tuple[str, ...]) -> bool:
-    """Constant-time in the key's content; every key is compared, so the time does not tell
-    which one nearly matched."""
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given.encode(), key.encode())
-    return found
-
-
 def require_key(
     service: ServiceDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -54,15 +55,53 @@ def require_key(
         )
 
 
-def document_id(doc_id: str, service: ServiceDep) -> str:
-    """A full document id from the path (an id or a unique prefix), else 404."""
+def document_id(
+    doc_id: Annotated[
+        str,
+        Path(
+            description=f"A document id or a unique prefix of one: {MIN_PREFIX} to "
+            f"{DOC_ID_LENGTH} hex digits",
+            json_schema_extra={"pattern": DOC_PREFIX_PATTERN},
+        ),
+    ],
+    service: ServiceDep,
+) -> str:
+    """A full document id from the path (an id or a unique prefix): 422 for one that is not
+    hex (so it is never a pattern), 404 for an unknown or ambiguous one."""
     try:
-        return service.resolve(doc_id)
+        prefix = doc_prefix(doc_id)
+    except IdError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    try:
+        return service.resolve(prefix)
     except PageRAGError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
 DocId = Annotated[str, Depends(document_id)]
+
+
+def job_id(
+    job_id: Annotated[
+        str,
+        Path(
+            description=f"The job's id: {JOB_ID_LENGTH} hex digits",
+            json_schema_extra={"pattern": JOB_ID_PATTERN},
+        ),
+    ],
+) -> str:
+    try:
+        return ids.job_id(job_id)
+    except IdError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+JobId = Annotated[str, Depends(job_id)]
+
+# A page number from the path. Bounded here, so no file name is ever built from a number past
+# any real page (a 300-digit one made the file name too long: 500 instead of 404).
+MAX_PAGE = 100_000
+Page = Annotated[int, Path(ge=1, le=MAX_PAGE, description="1-based page number")]
 
 
 async def admit(service: PageRAG) -> Ticket:

@@ -6,6 +6,7 @@ first; the app's exception handlers turn a full line into 429 and a passed deadl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -15,12 +16,21 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ingest.runner import page_image_dir
-from rag.api_deps import DocId, JobsDep, ServiceDep, UploadForm, admit, require_key
+from rag.api_deps import (
+    DocId,
+    JobId,
+    JobsDep,
+    Page,
+    ServiceDep,
+    UploadForm,
+    admit,
+    require_key,
+)
 from rag.api_schemas import (
     AnswerOut,
     AskIn,
@@ -40,7 +50,7 @@ from rag.api_schemas import (
 from rag.errors import user_error_status
 from rag.heatmap import page_heatmap
 from rag.jobs import display_name, stage_files
-from rag.service import PageRAG
+from rag.service import DeletionQueued, DocumentPending, PageRAG
 from rag.types import Answer, SearchFilter
 from rag.workqueue import QueueTimeout, Ticket
 
@@ -160,15 +170,46 @@ def list_documents(request: Request, service: ServiceDep) -> DocumentsOut:
     return DocumentsOut(documents=[document_out(request, d) for d in service.documents()])
 
 
-@router.get("/documents/{doc_id}", tags=["documents"], responses={404: {"model": Problem}})
+@router.get(
+    "/documents/{doc_id}",
+    tags=["documents"],
+    responses={
+        404: {"model": Problem},
+        409: {"model": Problem, "description": "Not complete yet: being ingested or interrupted"},
+    },
+)
 def get_document(doc_id: DocId, request: Request, service: ServiceDep) -> DocumentOut:
-    return document_out(request, service.document(doc_id))
+    try:
+        return document_out(request, service.document(doc_id))
+    except DocumentPending as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
-@router.delete("/documents/{doc_id}", tags=["documents"], responses={404: {"model": Problem}})
-def delete_document(doc_id: DocId, request: Request, service: ServiceDep) -> DeletedOut:
-    """Remove a document's pages from the index, its page images and its manifest entry."""
-    return DeletedOut(deleted=document_out(request, service.delete(doc_id)))
+@router.delete(
+    "/documents/{doc_id}",
+    tags=["documents"],
+    response_model=DeletedOut,
+    responses={
+        404: {"model": Problem},
+        202: {"model": Problem, "description": "Queued behind a running ingestion; it happens"},
+    },
+)
+async def delete_document(doc_id: DocId, request: Request, service: ServiceDep) -> Any:
+    """Remove a document's pages from the index, its page images and its manifest entry.
+    While an ingestion runs, the deletion happens at the end of its current batch (deleting
+    the document being ingested stops its ingestion); when that takes longer than
+    PAGERAG_REQUEST_TIMEOUT the answer is 202 and the deletion still happens."""
+    info, deletion = await run_in_threadpool(service.request_delete, doc_id)
+    # Waited for on the event loop: a waiting DELETE holds no worker thread, so any number of
+    # them cannot starve the other routes.
+    timeout = service.settings.request_timeout
+    with anyio.move_on_after(timeout):
+        while not deletion.done.is_set():
+            await anyio.sleep(0.02)
+    if not deletion.wait(0):
+        detail = str(DeletionQueued(info.doc_id, timeout))
+        return JSONResponse({"detail": detail}, status.HTTP_202_ACCEPTED)
+    return DeletedOut(deleted=document_out(request, info))
 
 
 _UPLOAD_BODY = {
@@ -195,9 +236,11 @@ _UPLOAD_BODY = {
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=_UPLOAD_BODY,
     responses={
+        400: {"model": Problem, "description": "No file part, or an unreadable upload"},
         413: {"model": Problem, "description": "Larger than PAGERAG_MAX_UPLOAD_MB"},
         415: {"model": Problem, "description": "No file is a PDF or an image"},
         429: {"model": Problem, "description": "Too many ingestion jobs waiting"},
+        507: {"model": Problem, "description": "Too little free disk (PAGERAG_DISK_RESERVE_MB)"},
     },
 )
 async def upload_documents(
@@ -211,7 +254,10 @@ async def upload_documents(
     folder = jobs.upload_folder()
     try:
         named = [(display_name(f.filename), f.file) for f in files]
-        staged, rejected = await run_in_threadpool(stage_files, named, folder)
+        reserve = jobs.service.settings.disk_reserve_mb
+        staged, rejected = await run_in_threadpool(
+            lambda: stage_files(named, folder, reserve_mb=reserve)
+        )
     finally:
         await form.close()
     if not staged:
@@ -221,7 +267,10 @@ async def upload_documents(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
             f"only PDFs, PNG and JPEG images are accepted ({reasons})",
         )
-    job = await run_in_threadpool(jobs.submit_upload, staged, rejected, folder)
+    # Jobs wait in one line per client (API key, else address), taken in turn.
+    key = request.headers.get("authorization", "")
+    client = hashlib.sha256(key.encode()).hexdigest()[:16] if key else str(request.client)
+    job = await run_in_threadpool(jobs.submit_upload, staged, rejected, folder, client)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     return JobOut.model_validate(jobs.get(job.id))
 
@@ -233,9 +282,12 @@ def list_jobs(jobs: JobsDep) -> JobsOut:
 
 
 @router.get(
-    "/jobs/{job_id}", name="get_job", tags=["documents"], responses={404: {"model": Problem}}
+    "/jobs/{job_id}",
+    name="get_job",
+    tags=["documents"],
+    responses={404: {"model": Problem}, 422: {"model": Problem}},
 )
-def get_job(job_id: str, jobs: JobsDep) -> JobOut:
+def get_job(job_id: JobId, jobs: JobsDep) -> JobOut:
     view = jobs.get(job_id)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
@@ -252,11 +304,11 @@ def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
 )
-def page_image(doc_id: DocId, page: int, service: ServiceDep) -> FileResponse:
+def page_image(doc_id: DocId, page: Page, service: ServiceDep) -> FileResponse:
     """The stored page image (PNG, as rendered at ingestion)."""
     # The path is built from the resolved id and a number, never from what the client sent.
     path = page_image_dir(service.settings.images_dir, doc_id) / f"p{page:04d}.png"
-    if page < 1 or not path.is_file():
+    if doc_id in service.pending() or not path.is_file():  # shown once the document is whole
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id[:12]} has no page {page}")
     return FileResponse(path, media_type="image/png")
 
@@ -270,14 +322,16 @@ def page_image(doc_id: DocId, page: int, service: ServiceDep) -> FileResponse:
 )
 async def page_heatmap_image(
     doc_id: DocId,
-    page: int,
+    page: Page,
     service: ServiceDep,
     query: str = Query(min_length=1, max_length=4000),
 ) -> Response:
     """The page with a similarity map of the query laid over it: bright regions matched it.
     The page's MaxSim score for the query (as visual search ranks it) is in the
     `X-PageRAG-Score` header."""
-    if page not in await run_in_threadpool(service.index.page_ids, doc_id):
+    if doc_id in await run_in_threadpool(service.pending) or page not in await run_in_threadpool(
+        service.index.page_ids, doc_id
+    ):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id[:12]} has no page {page}")
     with await admit(service):
         heatmap = await run_in_threadpool(page_heatmap, service, query, doc_id, page)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from rag.config import SearchMode
+from rag.ids import DOC_ID_LENGTH, DOC_PREFIX_PATTERN, MIN_PREFIX, doc_prefix
 from rag.prompt import Turn
 from rag.types import Answer, Citation, DocumentInfo, Hit, SearchFilter
 
@@ -16,10 +17,20 @@ class Problem(BaseModel):
     detail: str
 
 
+# A typed document id: hex only (422 otherwise, with `rag.ids`'s message), lowercased.
+DocPrefix = Annotated[
+    str, AfterValidator(doc_prefix), Field(json_schema_extra={"pattern": DOC_PREFIX_PATTERN})
+]
+
+
 class FilterIn(BaseModel):
     """All given fields must hold; empty ones do not restrict."""
 
-    doc_ids: list[str] = Field(default_factory=list, description="Document ids or unique prefixes")
+    doc_ids: list[DocPrefix] = Field(
+        default_factory=list,
+        max_length=100,
+        description=f"Document ids or unique prefixes ({MIN_PREFIX} to {DOC_ID_LENGTH} hex digits)",
+    )
     source_prefix: str | None = Field(
         None, description="Whole path components: `reports/2015` matches files below it"
     )

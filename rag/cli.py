@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -27,8 +28,10 @@ from rich.progress import (
 from rich.table import Table
 
 from ingest.discover import Shard
+from ingest.diskspace import DiskFullError
 from ingest.runner import Progress as IngestProgress
 from rag.config import SearchMode, Settings
+from rag.ids import IdError, doc_prefix
 from rag.types import SearchFilter
 
 EXIT_FAILED_FILES = 1
@@ -48,13 +51,26 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _settings() -> Settings:
+    """The settings, or exit 3 naming each bad one (pydantic's report is for programmers)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "PAGERAG_" + "_".join(map(str, error["loc"])).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(message if "PAGERAG_" in message else f"{name}: {message}")
+        _die(f"invalid setting: {'; '.join(problems)}")
+        raise  # unreachable: _die exits
+
+
 def _service():
     from rag.service import PageRAG
 
+    settings = _settings()
     try:
-        return PageRAG(Settings())
-    except ValidationError as exc:
-        _die(f"invalid setting: {exc}")
+        return PageRAG(settings)
     except Exception as exc:
         _die_known(exc)
 
@@ -93,6 +109,17 @@ ModeOption = Annotated[
         "model) or hybrid (both in one query, rank-fused). Default: PAGERAG_SEARCH_MODE (hybrid).",
     ),
 ]
+
+
+def _doc_prefixes(value: str | list[str]) -> str | list[str]:
+    """Typed document ids checked before anything opens (`rag.ids`): not hex is bad usage,
+    exit 2 with the reason, so no id is ever taken as a pattern."""
+    try:
+        if isinstance(value, str):
+            return doc_prefix(value)
+        return [doc_prefix(v) for v in value]
+    except IdError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def _filter(doc: list[str], source: str | None, tag: list[str]) -> SearchFilter | None:
@@ -164,6 +191,11 @@ def ingest(
             report = service.ingest(
                 paths, tags=tag, passwords=passwords, on_progress=show, shard=part
             )
+    except DiskFullError as exc:  # stopped before the disk filled up: exit 3, say so in JSON
+        if as_json:
+            done = getattr(exc, "report", None)
+            _print_json({**(asdict(done) if done else {}), "error": str(exc)})
+        _die(str(exc))
     except Exception as exc:
         _die_known(exc)
     finally:
@@ -189,7 +221,10 @@ def search(
     query: Annotated[str, typer.Argument(help="The question or keywords.")],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=100, help="How many pages.")] = 5,
     doc: Annotated[
-        list[str], typer.Option("--doc", help="Only this document id (repeatable).")
+        list[str],
+        typer.Option(
+            "--doc", help="Only this document id or prefix (repeatable).", callback=_doc_prefixes
+        ),
     ] = [],  # noqa: B006
     source: Annotated[
         str | None, typer.Option("--source", help="Only files under this path prefix.")
@@ -236,7 +271,10 @@ def ask(
         ),
     ] = None,
     doc: Annotated[
-        list[str], typer.Option("--doc", help="Only this document id (repeatable).")
+        list[str],
+        typer.Option(
+            "--doc", help="Only this document id or prefix (repeatable).", callback=_doc_prefixes
+        ),
     ] = [],  # noqa: B006
     source: Annotated[
         str | None, typer.Option("--source", help="Only files under this path prefix.")
@@ -352,10 +390,7 @@ def eval_(
     from rag.service import PageRAG
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        _die(f"invalid setting: {exc}")
+    settings = _settings()
     with tempfile.TemporaryDirectory(prefix="pagerag-eval-") as tmp:
         if reuse_index:
             workdir = settings.data_dir / "eval-datasets" / _slug(dataset)
@@ -455,7 +490,10 @@ def docs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @docs_app.command("delete")
 def docs_delete(
-    doc_id: Annotated[str, typer.Argument(help="A document id, or a unique prefix of one.")],
+    doc_id: Annotated[
+        str,
+        typer.Argument(help="A document id, or a unique prefix of one.", callback=_doc_prefixes),
+    ],
 ) -> None:
     """Remove a document: its pages in the index, its page images and its manifest entry."""
     service = _service()
@@ -500,14 +538,11 @@ def serve(
     process. Models load once at start-up; --docs folders are ingested in the background
     (only new or changed files), so /healthz answers at once and /readyz once models are
     loaded. PAGERAG_API_KEYS turns on API keys (and a UI login)."""
-    import os
-
     # Gradio keeps uploads in /tmp/gradio by default, shared by every Gradio process on the
     # machine; read once when gradio is imported, so it is set before create_app imports it.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(Settings().data_dir / "gradio"))
-    import uvicorn
-
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(_settings().data_dir / "gradio"))
     from rag.api import create_app
+    from rag.serving import serve as serve_app
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -521,7 +556,7 @@ def serve(
         err.print(
             f"PageRAG on http://{host}:{port}/ (REST API /api/v1, its docs /docs)", highlight=False
         )
-        uvicorn.run(app_, host=host, port=port, log_level="info")
+        serve_app(app_, host, port)
     finally:
         service.close()
 
@@ -533,7 +568,7 @@ def reset(
     """Delete the whole local index, page images and manifest (PAGERAG_DATA_DIR)."""
     import shutil
 
-    settings = Settings()
+    settings = _settings()
     if not yes:
         typer.confirm(f"Delete everything under {settings.data_dir}?", abort=True)
     for path in (settings.index_dir, settings.images_dir):

@@ -92,12 +92,33 @@ class Settings(BaseSettings):
     render_memory_mb: int = Field(default=4096, ge=0)  # 0 = no limit
     render_max_pixels: int = Field(default=16_000_000, ge=10_000)  # per page; larger renders shrink
     max_pages_per_document: int = Field(default=2000, ge=1)  # the rest is reported, not indexed
+    # Per document, besides the page cap: rendering stops once either is spent, the pages done
+    # so far are indexed and the report's warning says which budget cut the document short.
+    max_render_seconds_per_document: float = Field(default=600.0, gt=0)
+    max_image_mb_per_document: float = Field(default=500.0, gt=0)  # page images written
     image_max_pixels: int = Field(default=100_000_000, ge=10_000)  # bigger images are refused
+    # Free disk that ingestion, uploads and optimising leave untouched: Qdrant Edge writes into
+    # sparse memory-mapped files, and on a full disk that is a SIGBUS, not an error. Sized in
+    # ingest/diskspace.py (a WAL segment plus the batch in flight); 0 turns the check off.
+    disk_reserve_mb: int = Field(default=64, ge=0)
 
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _some_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # "," or " " must not quietly mean "no authentication" (an empty value means unset).
+        if v is None or not v.get_secret_value():
+            return None
+        if not any(k.strip() for k in v.get_secret_value().split(",")):
+            raise ValueError(
+                "PAGERAG_API_KEYS is set but holds no key; give comma-separated keys, or unset "
+                "it to run without authentication"
+            )
+        return v
 
     @model_validator(mode="after")
     def _pixel_range(self) -> Settings:

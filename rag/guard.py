@@ -15,6 +15,12 @@ Two things are checked here, before any route runs, because no route can check t
   this server shows only its own page images and uploads, so URLs of any scheme are refused,
   as are paths with `..` segments, backslashes or NUL bytes, whatever their encoding. Which
   folders may be served at all is Gradio's `allowed_paths`/`blocked_paths` (see `rag.api`).
+- **UI events name only files this client uploaded.** A Gradio event carries file inputs as
+  `{"path": ...}` objects, and Gradio copies (hashing it on the event loop) whatever path it is
+  given before any handler runs; when the Blocks are mounted rather than launched, its own path
+  check is off. So every event body is read here (it is capped anyway) and each file object in
+  it must name a path that Gradio's upload route returned to the same client (by its login
+  cookie) in this process; anything else is refused before a file is opened, copied or hashed.
 
 A refusal is a JSON `{"detail": ...}` response with `Connection: close`: the rest of a refused
 body is never read, the connection is dropped instead.
@@ -22,13 +28,18 @@ body is never read, the connection is dropped instead.
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
@@ -48,6 +59,12 @@ UPLOAD_PATHS = frozenset({"/api/v1/documents", "/gradio_api/upload"})
 FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/", "/file=")
 PROXY_ROUTES = ("/gradio_api/proxy=", "/proxy=")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")  # http:, https:, file:, data:, C: ...
+# Gradio's routes whose JSON body carries component values (event inputs), under /gradio_api.
+EVENT_ROUTES = re.compile(r"^/gradio_api/(queue/join|call/|run/|api/|stream/|process_recording)")
+GRADIO_UPLOAD = "/gradio_api/upload"
+# Gradio routes that answer without its login check (gradio 6.x): with keys set, the gate asks
+# for a UI login there too.
+UNCHECKED_UI_ROUTES = re.compile(r"^/gradio_api/(cancel|reset|startup-events|heartbeat)(/|$)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,9 @@ class Limits:
     body_bytes: int = 4 * MiB
     upload_parts: int = 1000  # files and fields of one upload (Gradio's own limit too)
     field_bytes: int = 64 * 1024  # one multipart part that is not a file
+    # A body that stops arriving for this long is cut off (408): a client trickling bytes
+    # must not hold a worker for ever. Headers have their own deadline (`rag.serving`).
+    body_idle_seconds: float = 30.0
 
 
 class Refused(HTTPException, MultiPartException):
@@ -66,9 +86,119 @@ class Refused(HTTPException, MultiPartException):
     anyway); and a MultiPartException, because that is what makes the multipart parsers clean
     up: Gradio deletes the partial files of a cut-off upload only on that exception."""
 
-    def __init__(self, status_code: int, detail: str) -> None:
-        HTTPException.__init__(self, status_code, detail)
+    def __init__(
+        self, status_code: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        HTTPException.__init__(self, status_code, detail, headers)
         self.message = detail
+
+
+def key_matches(given: str, keys: tuple[str, ...]) -> bool:
+    """Constant-time in the key's content; every key is compared, so the time does not tell
+    which one nearly matched."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+def cookies(headers: dict[bytes, bytes]) -> dict[str, str]:
+    jar = {}
+    for item in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+        name, _, value = item.strip().partition("=")
+        jar[name] = value
+    return jar
+
+
+@dataclass
+class Gate:
+    """Who may pass, decided before any route reads a byte of the body (so a stranger learns
+    nothing from a validation error): an API key for /api/v1, a web UI login for the Gradio
+    routes that do not check it themselves. Open when no keys are configured."""
+
+    keys: tuple[str, ...] = ()
+    # Set once the UI is mounted: whether these cookies belong to a logged-in UI session.
+    ui_logged_in: Callable[[dict[str, str]], bool] | None = None
+
+    def refusal(self, path: str, headers: dict[bytes, bytes]) -> Refused | None:
+        if not self.keys:
+            return None
+        if path == "/api/v1" or path.startswith("/api/v1/"):
+            scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not key_matches(given.strip(), self.keys):
+                return Refused(
+                    401,
+                    "a valid API key is required: send `Authorization: Bearer KEY` "
+                    "(PAGERAG_API_KEYS)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        elif (
+            UNCHECKED_UI_ROUTES.match(path)
+            and self.ui_logged_in is not None
+            and not self.ui_logged_in(cookies(headers))
+        ):
+            return Refused(401, "log in to the web UI first (a key is the password)")
+        return None
+
+
+@dataclass
+class ReceivedUploads:
+    """The files Gradio's upload route handed back, per client: the only paths a UI event may
+    name. Bounded: the oldest are forgotten first, and none outlives Gradio's own cache
+    (a day, see `ui.app`)."""
+
+    max_entries: int = 100_000
+    ttl_seconds: float = 24 * 3600
+    _seen: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, client: str, paths: Iterable[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for path in paths:
+                self._seen[(client, path)] = now
+                self._seen.move_to_end((client, path))
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+
+    def allows(self, client: str, path: str) -> bool:
+        with self._lock:
+            at = self._seen.get((client, path))
+        return at is not None and time.monotonic() - at < self.ttl_seconds
+
+
+def client_identity(headers: dict[bytes, bytes]) -> str:
+    """Who is asking, as far as the UI knows: its Gradio login cookies (empty without keys,
+    where every client is the same anonymous one)."""
+    jar = cookies(headers)
+    return ";".join(sorted(f"{k}={v}" for k, v in jar.items() if k.startswith("access-token")))
+
+
+def _file_paths(data: Any) -> Iterator[Any]:
+    """Every value Gradio could take for a file in an event payload: the `path` of any object
+    that has one (with or without FileData's `meta`, whatever its type)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "path" in item:
+                yield item["path"]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def event_refusal(body: bytes, client: str, uploads: ReceivedUploads) -> str | None:
+    """Why a UI event body must not reach Gradio; None if every file it names is an upload of
+    this client's."""
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError:
+        return "the event body is not JSON"
+    for path in _file_paths(data):
+        if not isinstance(path, str) or not uploads.allows(client, path):
+            return "a file in this request was not uploaded through this page; upload it first"
+    return None
 
 
 def file_route_refusal(path: str) -> str | None:
@@ -148,19 +278,45 @@ class _Body:
     """The request's receive channel, counted (and, for uploads, parsed) as it is read."""
 
     def __init__(
-        self, receive: Receive, limit: int, too_large: Refused, parts: _MultipartCheck | None
+        self,
+        receive: Receive,
+        limit: int,
+        too_large: Refused,
+        parts: _MultipartCheck | None,
+        idle_seconds: float,
     ) -> None:
         self._receive = receive
+        self.idle_seconds = idle_seconds
+        self.complete = False  # the whole body is in; later receives wait for a disconnect
         self.limit = limit
         self.too_large = too_large
         self.parts = parts
         self.seen = 0
         self.refused: Refused | None = None
 
+    async def read_all(self) -> bytes:
+        """The whole body (it is capped, so it can be held), for checks that need all of it."""
+        chunks: list[bytes] = []
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
     async def receive(self) -> Message:
         if self.refused is not None:
             raise self.refused
-        message = await self._receive()
+        if self.complete:  # no deadline: a streaming answer listens for the client leaving
+            return await self._receive()
+        with anyio.move_on_after(self.idle_seconds) as waited:
+            message = await self._receive()
+        if waited.cancelled_caught:
+            seconds = f"{self.idle_seconds:g}"
+            self.refused = Refused(408, f"the request body stopped arriving for {seconds} s")
+            raise self.refused
+        self.complete = message["type"] != "http.request" or not message.get("more_body", False)
         if message["type"] == "http.request":
             chunk = message.get("body", b"")
             self.seen += len(chunk)
@@ -176,11 +332,15 @@ class _Body:
 
 
 class RequestGuard:
-    """ASGI middleware: body caps and file-route checks (see the module docstring)."""
+    """ASGI middleware: body caps, file-route and UI-event checks (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Limits, uploads: ReceivedUploads, gate: Gate | None = None
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.uploads = uploads
+        self.gate = gate or Gate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,9 +349,12 @@ class RequestGuard:
         path = _app_path(scope)
         reason = file_route_refusal(path)
         if reason is not None:
-            await _refuse(send, Refused(403, reason))
+            await _refuse(send, Refused(403, reason), receive)
             return
         headers = _headers(scope)
+        if (refused := self.gate.refusal(path, headers)) is not None:
+            await _refuse(send, refused, receive)
+            return
         upload = path in UPLOAD_PATHS
         limit = self.limits.upload_bytes if upload else self.limits.body_bytes
         too_large = Refused(
@@ -202,11 +365,24 @@ class RequestGuard:
         )
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:  # refused before reading anything
-            await _refuse(send, too_large)
+            await _refuse(send, too_large, receive)
             return
         parts = _multipart_check(headers.get(b"content-type", b""), self.limits) if upload else None
-        body = _Body(receive, limit, too_large, parts)
+        body = _Body(receive, limit, too_large, parts, self.limits.body_idle_seconds)
+        app_receive: Receive = body.receive
+        client = client_identity(headers)
+        if scope["method"] == "POST" and EVENT_ROUTES.match(path):
+            try:
+                whole = await body.read_all()
+            except Refused as exc:
+                await _refuse(send, exc, receive)
+                return
+            if reason := event_refusal(whole, client, self.uploads):
+                await _refuse(send, Refused(403, reason), receive)
+                return
+            app_receive = _replay(whole, receive)
         started = False
+        answer = _Captured() if path == GRADIO_UPLOAD else None
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
@@ -214,15 +390,55 @@ class RequestGuard:
                 return  # whatever the app makes of the refusal, the client gets the refusal
             if message["type"] == "http.response.start":
                 started = True
+            if answer is not None:
+                answer.see(message)
             await send(message)
 
         try:
-            await self.app(scope, body.receive, guarded_send)
+            await self.app(scope, app_receive, guarded_send)
         except Exception:
             if body.refused is None or started:
                 raise
         if body.refused is not None and not started:
-            await _refuse(send, body.refused)
+            await _refuse(send, body.refused, receive)
+        elif answer is not None and (paths := answer.uploaded_paths()):
+            self.uploads.add(client, paths)
+
+
+class _Captured:
+    """The answer of Gradio's upload route, kept to learn which paths it handed out."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body = b""
+
+    def see(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body" and self.status == 200:
+            self.body += message.get("body", b"")
+
+    def uploaded_paths(self) -> list[str]:
+        try:
+            data = json.loads(self.body) if self.status == 200 else []
+        except ValueError:
+            return []
+        return [p for p in data if isinstance(p, str)] if isinstance(data, list) else []
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that gives the app `body` (already read and checked) in one message,
+    then whatever comes after it (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _app_path(scope: Scope) -> str:
@@ -243,7 +459,14 @@ def _multipart_check(content_type: bytes, limits: Limits) -> _MultipartCheck | N
     return _MultipartCheck(boundary, limits)
 
 
-async def _refuse(send: Send, exc: Refused) -> None:
+# After a refusal, what the client is still sending is read and dropped for a moment before
+# the connection closes, as nginx's lingering close does: closing with unread bytes makes the
+# kernel send a reset, which can destroy the answer before the client has read it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * MiB
+
+
+async def _refuse(send: Send, exc: Refused, receive: Receive) -> None:
     body = json.dumps({"detail": exc.detail}).encode()
     await send(
         {
@@ -253,7 +476,16 @@ async def _refuse(send: Send, exc: Refused) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),  # the rest of the body is not read: drop the line
+                *((k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    drained = 0
+    with anyio.move_on_after(LINGER_SECONDS):
+        while drained < LINGER_BYTES:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+            drained += len(message.get("body", b""))
+    await send({"type": "http.response.body", "body": b""})

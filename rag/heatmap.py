@@ -77,12 +77,12 @@ def overlay(page: Image.Image, rel: np.ndarray, strength: float = 0.6) -> Image.
     """The page with `rel` (rows, cols in [0, 1]) upscaled over it. Weak regions stay almost
     clear so the page remains readable; strong ones take the ramp's bright colours."""
     base = page.convert("RGB")
-    small = Image.fromarray(np.uint8(np.clip(rel, 0, 1) * 255), mode="L")
+    small = Image.fromarray((np.clip(rel, 0, 1) * 255).astype(np.uint8), mode="L")
     level = np.asarray(small.resize(base.size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
     colour = _ramp(level)  # (h, w, 3)
     alpha = (0.12 + strength * level)[..., None]  # (h, w, 1)
     mixed = np.asarray(base, dtype=np.float32) * (1 - alpha) + colour * alpha
-    return Image.fromarray(np.uint8(np.clip(mixed, 0, 255)))
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
 
 
 def _ramp(level: np.ndarray) -> np.ndarray:

@@ -4,28 +4,34 @@ A job is accepted at once and runs in a background thread, so the web UI and the
 its progress (files, pages, the file being read) and, when it ends, what happened to every file
 in plain words. Uploaded bytes are written under generated names in the data directory: the
 name a user gave a file is only ever shown (as the document's `source`), never used as a path.
-Jobs live in memory; a restart forgets them, while what they stored stays stored.
+
+Job records are kept in SQLite (rag/jobstore.py) and staged files under a folder that outlives
+the process, so a server that was stopped or killed resumes its unfinished jobs when it starts
+again (the runner stores only the pages still missing). Jobs wait in one line per client, taken
+in turn, so one client's many uploads do not hold back everyone else's.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
-import queue
 import re
 import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from ingest.discover import describe_content, sniff_kind
+from ingest.diskspace import DEFAULT_RESERVE_MB, DiskFullError, require_free
 from rag.errors import user_error_status
+from rag.jobstore import JobStore
 from rag.workqueue import QueueFull
 
 if TYPE_CHECKING:
@@ -38,7 +44,9 @@ JobState = Literal["queued", "running", "done", "failed"]
 FileStatus = Literal["queued", "indexed", "unchanged", "failed"]
 
 _CHUNK = 1 << 20
-_STALE_SECONDS = 24 * 3600
+# Staging folders no job refers to (a request cut off while uploading) are removed after this.
+_STALE_SECONDS = 3600
+_PROCESS = uuid.uuid4().hex  # this process, as the job records name their owner
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -63,19 +71,41 @@ class Staged:
     doc_id: str  # SHA-256 of the bytes, as ingestion computes it
 
 
-def stage(src: IO[bytes], name: str, folder: Path) -> Staged | dict[str, str]:
+def stage(
+    src: IO[bytes], name: str, folder: Path, *, reserve_mb: int = DEFAULT_RESERVE_MB
+) -> Staged | dict[str, str]:
     """Copy an upload into `folder` under a fresh name; a `{source, error}` dict when its
-    content is not a PDF, PNG or JPEG (the extension is not looked at)."""
+    content is not a PDF, PNG or JPEG (the extension is not looked at). `DiskFullError` (and
+    no copy left behind) when writing it would leave less than `reserve_mb` MB free: the
+    index must never be the one to meet the full disk (ingest/diskspace.py)."""
+    then = f"{name!r} was not accepted; send it again once there is room"
+    require_free(folder, reserve_mb, what="accepting an upload", then=then)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{uuid.uuid4().hex}.upload"
     digest = hashlib.sha256()
     head = b""
-    with dest.open("wb") as out:
-        while chunk := src.read(_CHUNK):
-            if len(head) < 1024:
-                head += chunk[: 1024 - len(head)]
-            digest.update(chunk)
-            out.write(chunk)
+    try:
+        with dest.open("wb") as out:
+            while chunk := src.read(_CHUNK):
+                if len(head) < 1024:
+                    head += chunk[: 1024 - len(head)]
+                digest.update(chunk)
+                require_free(
+                    folder,
+                    reserve_mb,
+                    what="accepting an upload",
+                    extra_bytes=len(chunk),
+                    then=then,
+                )
+                out.write(chunk)
+    except OSError as exc:  # ENOSPC/EDQUOT: the disk filled up meanwhile
+        dest.unlink(missing_ok=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(f"no space left in {folder} for {name!r}: {then}") from exc
+    except DiskFullError:
+        dest.unlink(missing_ok=True)
+        raise
     if sniff_kind(head) is None:
         dest.unlink()
         return {"source": name, "error": describe_content(head)}
@@ -83,13 +113,18 @@ def stage(src: IO[bytes], name: str, folder: Path) -> Staged | dict[str, str]:
 
 
 def stage_files(
-    files: Iterable[tuple[str, IO[bytes]]], folder: Path
+    files: Iterable[tuple[str, IO[bytes]]], folder: Path, *, reserve_mb: int = DEFAULT_RESERVE_MB
 ) -> tuple[list[Staged], list[dict[str, str]]]:
     """`stage` each (display name, stream): the accepted files and the refused ones."""
     staged: list[Staged] = []
     rejected: list[dict[str, str]] = []
     for name, src in files:
-        result = stage(src, name, folder)
+        try:
+            result = stage(src, name, folder, reserve_mb=reserve_mb)
+        except DiskFullError:  # the whole request is refused: keep none of its copies
+            for done in staged:
+                done.path.unlink(missing_ok=True)
+            raise
         if isinstance(result, Staged):
             staged.append(result)
         else:
@@ -131,17 +166,37 @@ class Job:
     paths: list[Path] = field(default_factory=list, repr=False)
     sources: dict[Path, str] = field(default_factory=dict, repr=False)
     folder: Path | None = field(default=None, repr=False)  # staged uploads, removed at the end
+    client: str = field(default="", repr=False)  # whose line it waits in (fair queue)
 
     def view(self) -> dict[str, Any]:
         data = asdict(self)
-        for private in ("paths", "sources", "folder"):
+        for private in ("paths", "sources", "folder", "client"):
             data.pop(private)
         return data
+
+    def record(self) -> dict[str, Any]:
+        """Everything about the job as JSON values (rag/jobstore.py stores it)."""
+        data = asdict(self)
+        data["paths"] = [str(p) for p in self.paths]
+        data["sources"] = [[str(p), name] for p, name in self.sources.items()]
+        data["folder"] = None if self.folder is None else str(self.folder)
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Job:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # written by another version
+        data["files"] = [FileResult(**f) for f in data["files"]]
+        data["paths"] = [Path(p) for p in data["paths"]]
+        data["sources"] = {Path(p): name for p, name in data["sources"]}
+        data["folder"] = None if data["folder"] is None else Path(data["folder"])
+        return cls(**data)
 
 
 class JobManager:
     """Runs ingestion jobs one after another in a worker thread (ingestion holds the service's
-    write lock anyway); at most `max_pending` jobs may wait."""
+    write lock anyway), taking the clients' lines in turn; at most `max_pending` jobs may
+    wait. Unfinished jobs of a server that died are resumed when the manager starts."""
 
     def __init__(self, service: PageRAG, *, max_pending: int = 16, keep: int = 200) -> None:
         self.service = service
@@ -149,13 +204,15 @@ class JobManager:
         self._keep = keep
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
-        self._todo: queue.Queue[Job | None] = queue.Queue()
+        self._ready = threading.Condition(self._lock)
+        self._lines: OrderedDict[str, deque[Job]] = OrderedDict()  # client -> its queued jobs
         self._worker: threading.Thread | None = None
         self._closed = False
-        # Each manager stages under its own folder, removed when it closes; folders left by a
-        # process that died are removed once they are clearly stale (nobody can ask for them).
-        self.uploads_dir = service.settings.uploads_dir / uuid.uuid4().hex
-        _remove_stale(service.settings.uploads_dir, older_than=_STALE_SECONDS)
+        self.store = JobStore(service.settings.manifest_path, _PROCESS)
+        # One stable folder: a restarted server finds the staged files of unfinished jobs there.
+        self.uploads_dir = service.settings.uploads_dir
+        _remove_stale(self.uploads_dir, _STALE_SECONDS, keep=self.store.unfinished_folders())
+        self._resume()
 
     # -- submitting -----------------------------------------------------------------------
     def upload_folder(self) -> Path:
@@ -163,9 +220,14 @@ class JobManager:
         return self.uploads_dir / uuid.uuid4().hex
 
     def submit_upload(
-        self, staged: Sequence[Staged], rejected: Sequence[dict[str, str]], folder: Path
+        self,
+        staged: Sequence[Staged],
+        rejected: Sequence[dict[str, str]],
+        folder: Path,
+        client: str = "",
     ) -> Job:
         job = Job(
+            client=client,
             id=uuid.uuid4().hex,
             kind="upload",
             files=[FileResult(r["source"], "failed", error=r["error"]) for r in rejected]
@@ -187,17 +249,74 @@ class JobManager:
             pending = sum(j.state == "queued" for j in self._jobs.values())
             if pending >= self.max_pending:
                 self._discard(job)
-                raise QueueFull(retry_after=30, waiting=pending)
+                what = "ingestion jobs are waiting to run; the job queue is full"
+                raise QueueFull(30, pending, what)
             self._jobs[job.id] = job
             self._forget_old()
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="pagerag-jobs", daemon=True)
-                self._worker.start()
+        self._save(job)
         if job.paths:
-            self._todo.put(job)
+            self._enqueue(job)
         else:  # every file was refused: nothing to run
             self._end(job, "failed", "none of the files is a PDF or an image")
         return job
+
+    def _enqueue(self, job: Job) -> None:
+        with self._lock:
+            self._lines.setdefault(job.client, deque()).append(job)
+            self._ready.notify()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="pagerag-jobs", daemon=True)
+                self._worker.start()
+
+    def _next(self) -> Job | None:
+        """The first job of the client whose turn it is (then that client goes to the back
+        of the line); None once the manager is closed."""
+        with self._lock:
+            while not self._lines and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            client, line = next(iter(self._lines.items()))
+            job = line.popleft()
+            del self._lines[client]
+            if line:
+                self._lines[client] = line
+            return job
+
+    def _save(self, job: Job) -> None:
+        with self._lock:
+            record = job.record()
+        try:
+            self.store.save(record)
+        except Exception:  # the job runs anyway; only a restart would forget it
+            log.exception("saving the record of job %s failed", job.id)
+
+    def _resume(self) -> None:
+        """List the jobs of earlier runs; queue again the ones a stopped server left
+        unfinished (their files are staged under `uploads_dir`)."""
+        for record in self.store.inherited(self._keep):
+            job = Job.from_record(record)
+            self._jobs[job.id] = job
+            if job.state not in ("queued", "running") or not self.store.claim(job.id):
+                continue
+            if not any(p.exists() for p in job.paths):
+                self._end(
+                    job,
+                    "failed",
+                    "interrupted when the server stopped, and its staged files are gone: "
+                    "send the files again (the pages already stored are kept)",
+                )
+                continue
+            job.warnings.append(
+                {
+                    "source": job.current,
+                    "warning": f"interrupted when the server stopped (job {job.state} since "
+                    f"{job.started_at or job.created_at}); resumed at the restart",
+                }
+            )
+            job.state, job.started_at = "queued", None
+            self._save(job)
+            self._enqueue(job)
 
     def _forget_old(self) -> None:
         while len(self._jobs) > self._keep:
@@ -227,7 +346,7 @@ class JobManager:
 
     # -- running --------------------------------------------------------------------------
     def _work(self) -> None:
-        while (job := self._todo.get()) is not None:
+        while (job := self._next()) is not None:
             try:
                 self._run(job)
             except Exception as exc:  # a job must never take the worker (or the server) down
@@ -241,6 +360,7 @@ class JobManager:
     def _run(self, job: Job) -> None:
         with self._lock:
             job.state, job.started_at = "running", _now()
+        self._save(job)
         # Files already in the library when the job starts are skipped: say "unchanged" for
         # them rather than "indexed".
         known = {d.doc_id for d in self.service.documents()}
@@ -276,6 +396,7 @@ class JobManager:
                 for f in job.files:
                     if f.status == "queued":
                         f.status, f.error = "failed", message
+        self._save(job)
         self._discard(job)
 
     def _discard(self, job: Job) -> None:
@@ -283,25 +404,28 @@ class JobManager:
             shutil.rmtree(job.folder, ignore_errors=True)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking jobs; the running one may finish within `timeout` (an interrupted one
-        resumes at the next ingestion of the same files)."""
+        """Stop taking jobs; the running one may finish within `timeout`. Jobs left unfinished
+        keep their records and staged files: the next start resumes them."""
         with self._lock:
             self._closed = True
+            self._ready.notify_all()
             worker = self._worker
-        self._todo.put(None)
         if worker is not None:
             worker.join(timeout)
+        self.store.prune(self._keep)
         if worker is None or not worker.is_alive():
-            shutil.rmtree(self.uploads_dir, ignore_errors=True)
+            self.store.close()
 
 
-def _remove_stale(folder: Path, older_than: float) -> None:
+def _remove_stale(folder: Path, older_than: float, keep: set[str]) -> None:
+    """Remove staging folders that no unfinished job needs, once they are old enough that no
+    upload can still be writing to them."""
     if not folder.is_dir():
         return
     cutoff = time.time() - older_than
     for entry in folder.iterdir():
         try:
-            if entry.stat().st_mtime < cutoff:
+            if str(entry) not in keep and entry.stat().st_mtime < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:  # removed meanwhile by another manager
             continue

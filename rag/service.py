@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Generator as Stream
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.discover import Shard
+from ingest.diskspace import DiskFullError, optimize_needs, require_free
 from ingest.manifest import Manifest
 from ingest.render import RenderLimits
 from ingest.runner import IngestRunner, Progress
 from ingest.sandbox import RenderSandbox
 from rag.config import SEARCH_MODES, SearchMode, Settings
+from rag.ids import IdError, doc_prefix
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
 from rag.index.text import TEXT_CHANNEL
 from rag.prompt import Turn, parse_citations
 from rag.types import Answer, Citation, DocumentInfo, Hit, IngestReport, SearchFilter
 from rag.workqueue import WorkQueue
+from rag.writelock import Deletion, WriteLock
 
 if TYPE_CHECKING:
     from rag.models.generator import Generator
@@ -27,9 +33,27 @@ if TYPE_CHECKING:
 
 EMBEDDING_DIM = 128
 
+log = logging.getLogger(__name__)
+
 
 class PageRAGError(Exception):
     """A problem the user can fix; the message says how."""
+
+
+class DocumentPending(PageRAGError):
+    """The document's ingestion has not completed (running, or interrupted)."""
+
+
+class DeletionQueued(PageRAGError):
+    """A deletion waits for the running ingestion's current batch; it still happens."""
+
+    def __init__(self, doc_id: str, waited: float) -> None:
+        super().__init__(
+            f"the deletion of document {doc_id[:12]} is queued: an ingestion is running and "
+            f"did not reach the end of its current batch within {waited:g} s. It is deleted "
+            "then, without anything more to do; the document list shows when it is gone."
+        )
+        self.doc_id = doc_id
 
 
 def _dir_size(path: Path) -> int:
@@ -57,7 +81,9 @@ class PageRAG:
         self._retriever = retriever
         self._generator = generator
         self._model_lock = threading.Lock()  # one model call at a time (one GPU, many callers)
-        self._write_lock = threading.Lock()  # one ingestion or deletion at a time
+        # One ingestion or deletion at a time; deletions queue and run between two batches
+        # of a running ingestion, so a DELETE never waits for a whole run (rag/writelock.py).
+        self._writes = WriteLock(lambda doc_id: self._runner().remove(doc_id))
         # The one bounded line in front of the models for interactive callers (web UI and REST
         # API alike): they take a ticket from it around search, ask and similarity maps.
         self.work = WorkQueue(settings.queue_size, settings.request_timeout)
@@ -96,7 +122,14 @@ class PageRAG:
             sandbox=self._sandbox(),
             batch_size=self.settings.batch_size,
             on_progress=on_progress,
+            check_space=self._check_space,
+            between_batches=self._writes.run_queued,
         )
+
+    def _check_space(self) -> None:
+        """DiskFullError unless the data directory keeps PAGERAG_DISK_RESERVE_MB free."""
+        if self.settings.disk_reserve_mb:
+            require_free(self.settings.data_dir, self.settings.disk_reserve_mb)
 
     def _sandbox(self) -> RenderSandbox:
         s = self.settings
@@ -104,6 +137,8 @@ class PageRAG:
             max_pixels=s.render_max_pixels,
             max_pages=s.max_pages_per_document,
             image_max_pixels=s.image_max_pixels,
+            max_render_seconds=s.max_render_seconds_per_document,
+            max_image_bytes=int(s.max_image_mb_per_document * 1024 * 1024),
         )
         return RenderSandbox(
             renderer=s.renderer,
@@ -124,14 +159,34 @@ class PageRAG:
         shard: Shard | None = None,
     ) -> IngestReport:
         """Ingest files and folders (see `IngestRunner.run`); with `shard`, only its part."""
-        with self._write_lock:
+        with self._writes.held():
+            self._check_space()
             report = self._runner(on_progress).run(
                 list(paths), tags, sources=sources, passwords=passwords, shard=shard
             )
             optimize = getattr(self.index, "optimize", None)
-            if report.indexed_pages and callable(optimize):
+            if report.indexed_pages and callable(optimize) and self._can_optimize():
                 optimize()
             return report
+
+    def _can_optimize(self) -> bool:
+        """Whether the disk has room to optimise the embedded index (Qdrant's own check lets
+        it start with too little and die of SIGBUS; ingest/diskspace.py). Skipping is safe:
+        search stays correct, only slower, until a later ingest optimises."""
+        if not self.settings.disk_reserve_mb or self.index.backend != "qdrant-edge":
+            return True  # a Qdrant server's disk is the server's to watch
+        needs = optimize_needs(self.index.bytes_on_disk())
+        try:
+            require_free(
+                self.settings.data_dir,
+                self.settings.disk_reserve_mb,
+                what="optimising the index",
+                extra_bytes=needs,
+            )
+        except DiskFullError as exc:
+            log.warning("the index was not optimised: %s", exc)
+            return False
+        return True
 
     # -- search ---------------------------------------------------------------------------
     def search(
@@ -153,6 +208,7 @@ class PageRAG:
             raise PageRAGError("the question is empty; type what you are looking for")
         if k < 1:
             raise PageRAGError("the number of results must be at least 1")
+        flt = self._visible(flt)
         if mode == "text":
             return self.index.search_text(query, k, flt)
         vectors = self._embed_query(query)
@@ -216,7 +272,7 @@ class PageRAG:
         history: Sequence[Turn] = (),
         *,
         mode: SearchMode | None = None,
-    ) -> Iterator[str | Answer]:
+    ) -> Stream[str | Answer, None, None]:
         """Text chunks as Qwen2-VL writes them, then the `Answer`.
 
         `k` pages (default PAGERAG_ASK_PAGES) are retrieved and shown to the model. The model
@@ -229,7 +285,7 @@ class PageRAG:
             raise PageRAGError("the question is empty; type what you want to know")
         if k < 1:
             raise PageRAGError("the number of pages must be at least 1")
-        if not self.index.count(flt):  # answered without loading or calling any model
+        if not self.index.count(self._visible(flt)):  # answered without calling any model
             yield self._no_pages(question, flt)
             return
         if mode != "text":  # text search needs no retriever model
@@ -261,12 +317,12 @@ class PageRAG:
         )
 
     def _no_pages(self, question: str, flt: SearchFilter | None) -> Answer:
-        if not self.index.count():
+        if not self.index.count(self._visible(None)):
             text = (
                 "Nothing is indexed yet, so there are no pages to answer from. "
                 "Ingest some PDFs first (`pagerag ingest PATH`)."
             )
-        elif flt is not None and not self.index.count(flt):
+        elif flt is not None and not self.index.count(self._visible(flt)):
             text = (
                 "No indexed page matches the filter, so there are no pages to answer from. "
                 "Widen or remove the filter."
@@ -283,34 +339,78 @@ class PageRAG:
         return self.manifest.documents()
 
     def resolve(self, doc_id: str) -> str:
-        """A full document id from an id or a unique prefix of one."""
-        matches = self.manifest.resolve(doc_id.strip()) if doc_id.strip() else []
+        """A full document id from an id or a unique prefix of one (hex, see `rag.ids`)."""
+        try:
+            prefix = doc_prefix(doc_id)
+        except IdError as exc:
+            raise PageRAGError(str(exc)) from exc
+        matches = self.manifest.resolve(prefix)
         if not matches:
-            raise PageRAGError(f"no document with id {doc_id!r}; `pagerag docs list` shows them")
+            raise PageRAGError(f"no document with id {prefix!r}; `pagerag docs list` shows them")
         if len(matches) > 1:
-            raise PageRAGError(f"{doc_id!r} matches {len(matches)} documents; give more characters")
+            shown = max(12, len(prefix) + 4)
+            listed = ", ".join(
+                f"{m[:shown]}… ({(self.manifest.sources(m) or ['being ingested'])[0]})"
+                for m in matches[:5]
+            )
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise PageRAGError(
+                f"{prefix!r} matches {len(matches)} documents: {listed}{more}; give more characters"
+            )
         return matches[0]
 
     def document(self, doc_id: str) -> DocumentInfo:
         full = self.resolve(doc_id)
         info = self.manifest.info(full)
         if info is None:
-            raise PageRAGError(f"document {doc_id!r} is still being ingested")
+            row = self.manifest.document(full)
+            stored = len(self.index.page_ids(full))
+            of = f"{stored} of {row.pages}" if row is not None else str(stored)
+            raise DocumentPending(
+                f"document {full[:12]} is not complete yet ({of} pages stored), so it is not "
+                "listed or searched: it is being ingested now, or its ingestion was interrupted "
+                "and resumes when its job runs again (a restarted server resumes its jobs; "
+                "GET /api/v1/jobs lists them). If no job lists it, send the file again (the "
+                "pages already stored are kept) or delete it."
+            )
         return info
 
-    def delete(self, doc_id: str) -> DocumentInfo:
-        """Remove a document's points, page images and manifest rows."""
-        with self._write_lock:
-            full = self.resolve(doc_id)
-            info = self.manifest.info(full) or DocumentInfo(full, "", "", 0)
-            self._runner().remove(full)
-            return info
+    def pending(self) -> tuple[str, ...]:
+        """Documents not complete yet (being ingested, or interrupted): never searchable."""
+        return tuple(self.manifest.pending())
+
+    def _visible(self, flt: SearchFilter | None) -> SearchFilter | None:
+        """`flt` limited to complete documents: a document's pages are found only once all of
+        them are stored (a killed ingestion leaves its pages stored but invisible)."""
+        pending = self.pending()
+        if not pending:
+            return flt
+        flt = flt or SearchFilter()
+        return replace(flt, exclude_doc_ids=(*flt.exclude_doc_ids, *pending))
+
+    def delete(self, doc_id: str, timeout: float | None = None) -> DocumentInfo:
+        """Remove a document's points, page images and manifest rows. A running ingestion
+        performs the deletion after its current batch (cancelling the document's own
+        ingestion if it is the one deleted); past `timeout` (default PAGERAG_REQUEST_TIMEOUT)
+        `DeletionQueued` says so, and the deletion still happens."""
+        info, deletion = self.request_delete(doc_id)
+        wait = self.settings.request_timeout if timeout is None else timeout
+        if not deletion.wait(wait):
+            raise DeletionQueued(info.doc_id, wait)
+        return info
+
+    def request_delete(self, doc_id: str) -> tuple[DocumentInfo, Deletion]:
+        """Queue a deletion (run at once when nothing is being written); never blocks."""
+        full = self.resolve(doc_id)
+        info = self.manifest.info(full) or DocumentInfo(full, "", "", 0)
+        return info, self._writes.delete(full)
 
     def info(self) -> dict[str, Any]:
         from rag.models.device import resolve_device_dtype
 
         device, dtype = resolve_device_dtype(self.settings)
         docs = self.manifest.documents()
+        pending = self.pending()
         index_bytes = self.index.bytes_on_disk()
         images_bytes = _dir_size(self.settings.images_dir)
         manifest_bytes = sum(
@@ -327,8 +427,9 @@ class PageRAG:
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
             "documents": len(docs),
-            "pages": self.index.count(),
-            "pending_documents": len(self.manifest.pending()),
+            "pages": self.index.count(self._visible(None)),  # complete documents only
+            "pending_documents": len(pending),
+            "pending_pages": self.index.count(SearchFilter(doc_ids=pending)) if pending else 0,
             "failed_files": len(self.manifest.failures()),
             "bytes_on_disk": index_bytes + images_bytes + manifest_bytes,
             "index_bytes": index_bytes,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rag.ids import doc_prefix
+
 
 @dataclass(frozen=True)
 class PageEmbedding:
@@ -43,8 +45,19 @@ class SearchFilter:
     doc_ids: tuple[str, ...] = ()
     source_prefix: str | None = None  # whole path components: "reports/2015" matches below it
     tags: tuple[str, ...] = ()  # a page matches when it has any of these tags
+    # Never match these documents: the service puts the ones still being ingested here, so a
+    # document's pages become visible only once all of them are stored.
+    exclude_doc_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Full ids, as the service resolves them; checked here too, so no caller can slip a
+        # non-hex string into the index's filter (lowercased, like every typed id).
+        for name in ("doc_ids", "exclude_doc_ids"):
+            ids = tuple(doc_prefix(d, min_length=1) for d in getattr(self, name))
+            object.__setattr__(self, name, ids)
 
     def is_empty(self) -> bool:
+        """No restriction a user asked for (`exclude_doc_ids` is the service's own)."""
         return not (self.doc_ids or self.source_prefix or self.tags)
 
 

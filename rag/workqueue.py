@@ -25,11 +25,10 @@ from typing import Any
 class QueueFull(Exception):
     """Too many requests are already waiting for the model."""
 
-    def __init__(self, retry_after: int, waiting: int) -> None:
-        super().__init__(
-            f"the server is busy ({waiting} requests are waiting for the model); "
-            f"try again in {retry_after} s"
-        )
+    def __init__(
+        self, retry_after: int, waiting: int, what: str = "requests are waiting for the model"
+    ) -> None:
+        super().__init__(f"the server is busy ({waiting} {what}); try again in {retry_after} s")
         self.retry_after = retry_after
 
 

@@ -199,7 +199,8 @@ def upload(
     folder = jobs.upload_folder()
     with ExitStack() as stack:
         named = [(display_name(Path(f).name), stack.enter_context(open(f, "rb"))) for f in files]
-        staged, rejected = stage_files(named, folder)
+        reserve = jobs.service.settings.disk_reserve_mb
+        staged, rejected = stage_files(named, folder, reserve_mb=reserve)
     job = jobs.submit_upload(staged, rejected, folder)
     while (view := jobs.get(job.id)) and view["state"] in ("queued", "running"):
         on_progress(view)

@@ -126,13 +126,25 @@ def _ask_tab(ask_pages: int, search_mode: str) -> dict[str, Any]:
                 c["doc_filter"] = gr.Dropdown(
                     choices=[], multiselect=True, label="Only these documents (empty: all)"
                 )
+    # The conversation as shown lives on the server: the Chatbot is only ever an output, so an
+    # event cannot hand the server a chat history of its own (with file objects in it).
+    c["history"] = gr.State([])
     c["turns"] = gr.State([])
     c["last"] = gr.State({})  # {"question": ..., "pages": [...]}: for the map toggle
     return c
 
 
 def _wire_ask(service: PageRAG, c: dict[str, Any]) -> None:
-    outputs = [c["chat"], c["turns"], c["last"], c["pages"], c["chips"], c["note"], c["question"]]
+    outputs = [
+        c["chat"],
+        c["history"],
+        c["turns"],
+        c["last"],
+        c["pages"],
+        c["chips"],
+        c["note"],
+        c["question"],
+    ]
 
     def on_ask(
         question: str,
@@ -153,13 +165,13 @@ def _wire_ask(service: PageRAG, c: dict[str, Any]) -> None:
                 cleared = True
                 last = {"question": view.question, "pages": view.pages}
                 chips = gr.Radio(choices=view.chips, value=None)
-                yield (view.chat, view.turns, last, view.gallery, chips, view.note, "")
+                yield (view.chat, view.chat, view.turns, last, view.gallery, chips, view.note, "")
             else:  # while text streams in, only the chat changes
-                yield (view.chat, *(gr.skip() for _ in outputs[1:]))
+                yield (view.chat, view.chat, *(gr.skip() for _ in outputs[2:]))
 
     inputs = [
         c["question"],
-        c["chat"],
+        c["history"],
         c["turns"],
         c["k"],
         c["doc_filter"],
@@ -189,7 +201,7 @@ def _wire_ask(service: PageRAG, c: dict[str, Any]) -> None:
     c["show_map"].input(on_map, [c["show_map"], c["last"]], c["pages"])
 
     def on_new() -> tuple[Any, ...]:
-        return [], [], {}, [], gr.Radio(choices=[], value=None), "", ""
+        return [], [], [], {}, [], gr.Radio(choices=[], value=None), "", ""
 
     c["new"].click(on_new, None, outputs)
 

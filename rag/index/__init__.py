@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rag.config import Settings
 from rag.index.base import SCHEMA_VERSION, IndexMismatchError, PageIndex, check_meta
 from rag.index.edge import EdgeIndex
@@ -22,7 +24,7 @@ __all__ = [
 
 def open_index(settings: Settings) -> PageIndex:
     """Qdrant Edge in `settings.index_dir`, or the Qdrant server at `settings.qdrant_url`."""
-    stages = {
+    stages: dict[str, Any] = {
         "prefetch_limit": settings.prefetch_limit,
         "hnsw_ef": settings.hnsw_ef,
     }
@@ -38,4 +40,4 @@ def open_index(settings: Settings) -> PageIndex:
             upload_workers=settings.qdrant_upload_workers,
             **stages,
         )
-    return EdgeIndex(settings.index_dir, **stages)
+    return EdgeIndex(settings.index_dir, disk_reserve_mb=settings.disk_reserve_mb, **stages)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,11 +30,13 @@ from qdrant_edge import (
     Filter,
     Fusion,
     HnswIndexConfig,
+    IntegerIndexParams,
+    KeywordIndexParams,
     MatchAny,
+    Memory,
     Modifier,
     MultiVectorComparator,
     MultiVectorConfig,
-    PayloadSchemaType,
     PayloadSelector,
     Point,
     PointVectors,
@@ -54,10 +58,24 @@ from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 log = logging.getLogger(__name__)
 
 _SCROLL_PAGE = 1024
-_FIELD_TYPES = {"keyword": PayloadSchemaType.Keyword, "integer": PayloadSchemaType.Integer}
+# Cold, like the vectors (see `edge_config`): with the default placement every open pre-reads
+# each index's preallocated files (a 4 MB page file, a 1 MB tracker each), which on tmpfs
+# allocates them all (measured: 26 MB for our 5 indexes) and on a full one is a SIGBUS.
+_FIELD_TYPES: dict[str, Callable[[], Any]] = {
+    "keyword": lambda: KeywordIndexParams(memory=Memory.Cold),
+    "integer": lambda: IntegerIndexParams(memory=Memory.Cold),
+}
 
 
 def edge_config() -> EdgeConfig:
+    # Memory.Cold everywhere: Edge then maps its files without `populate()`-ing them on open.
+    # With the default (Cached vectors, Pinned sparse index) a shard's open reads every page
+    # of each appendable segment's sparse, preallocated 32 MB chunk files; on tmpfs that read
+    # allocates those pages (measured: opening a 20-page index grew it from 15 to 146 MB), and
+    # on a full disk it dies of SIGBUS before any error can be raised. The kernel's page cache
+    # still keeps what searches touch, so only the first queries after a start read from disk.
+    # A shard created before this keeps Cached storage in its segments (the segment files say
+    # so); its new segments follow this config.
     return EdgeConfig(
         vectors={
             schema.COLQWEN: EdgeVectorParams(
@@ -65,6 +83,7 @@ def edge_config() -> EdgeConfig:
                 distance=Distance.Dot,  # ColQwen2 rows are unit vectors
                 multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
                 datatype=VectorStorageDatatype.Float16,
+                memory=Memory.Cold,
                 # m=0: no graph; this vector is only scored exactly (rerank / exact search).
                 hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
             ),
@@ -73,6 +92,7 @@ def edge_config() -> EdgeConfig:
                 distance=Distance.Dot,  # pool_clusters gives unit vectors
                 multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
                 datatype=VectorStorageDatatype.Float16,
+                memory=Memory.Cold,
                 # The prefetch's HNSW graph, built over MaxSim between cluster multivectors.
                 hnsw_config=HnswIndexConfig(
                     m=schema.HNSW_M,
@@ -82,7 +102,8 @@ def edge_config() -> EdgeConfig:
             ),
         },
         # BM25 over the page text (rag/index/text.py); Qdrant applies the IDF at query time.
-        sparse_vectors={TEXT: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+        sparse_vectors={TEXT: EdgeSparseVectorParams(modifier=Modifier.Idf, memory=Memory.Cold)},
+        payload_memory=Memory.Cold,
     )
 
 
@@ -103,9 +124,11 @@ class EdgeIndex:
         prefetch_limit: int = schema.PREFETCH_LIMIT,
         hnsw_ef: int | None = schema.HNSW_EF,
         batch_size: int = 64,
+        disk_reserve_mb: int = 0,
     ):
         """`prefetch_limit` pages, found by the cluster HNSW (searched with `hnsw_ef`; None:
-        Qdrant's default, never below the limit), get the exact MaxSim rerank. See `search`."""
+        Qdrant's default, never below the limit), get the exact MaxSim rerank. See `search`.
+        `disk_reserve_mb`: free disk a new index needs before it is created (see `_open`)."""
         if min(prefetch_limit, batch_size, 1 if hnsw_ef is None else hnsw_ef) < 1:
             raise ValueError("prefetch_limit, hnsw_ef and batch_size must be at least 1")
         self.path = Path(path).expanduser()
@@ -114,14 +137,10 @@ class EdgeIndex:
         self.batch_size = batch_size
         self._meta_path = self.path / "meta.json"
         shard_dir = self.path / "shard"
-        exists = shard_dir.is_dir() and any(shard_dir.iterdir())
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            # Loading with our config makes Edge check the stored vectors against it.
-            if exists:
-                self._shard = EdgeShard.load(str(shard_dir), edge_config())
-            else:
-                self._shard = EdgeShard.create(str(shard_dir), edge_config())
+            self._shard = self._open(shard_dir, disk_reserve_mb)
+        except IndexUnavailableError:
+            raise
         except Exception as exc:  # qdrant_edge raises bare Exception
             if "incompatible" in str(exc).lower():
                 # Stored vectors differ from ours (an index from before the BM25 text vector):
@@ -131,21 +150,78 @@ class EdgeIndex:
                     f"({exc}). Re-index: point PAGERAG_DATA_DIR at a new location and run "
                     "`pagerag ingest` again, or run `pagerag reset` to delete this index first."
                 ) from exc
-            hint = (
-                "another PageRAG process (a running server?) has it open; stop it or use a "
-                "Qdrant server (PAGERAG_QDRANT_URL) for shared access"
-                if "WouldBlock" in str(exc)
-                else "if it was built by another PageRAG version, re-index into a new "
-                "PAGERAG_DATA_DIR or run `pagerag reset`"
-            )
+            if "WouldBlock" in str(exc):
+                hint = (
+                    "another PageRAG process (a running server?) has it open; stop it or use a "
+                    "Qdrant server (PAGERAG_QDRANT_URL) for shared access"
+                )
+            elif "no space left" in str(exc).lower():
+                hint = (
+                    "the disk is full (Edge rewrites its config file on every open); free some "
+                    "space or move PAGERAG_DATA_DIR to a larger disk; nothing stored is lost"
+                )
+            else:
+                hint = (
+                    "if it was built by another PageRAG version, re-index into a new "
+                    "PAGERAG_DATA_DIR or run `pagerag reset`"
+                )
             raise IndexUnavailableError(
                 f"Cannot open the Qdrant Edge index at {shard_dir}: {exc}. Hint: {hint}."
             ) from exc
         self._closed = False
+        _keep_ballast(self.path / _BALLAST, disk_reserve_mb)
         indexed = self._shard.info().payload_schema
-        for name, kind in schema.PAYLOAD_INDEXES.items():
-            if name not in indexed:
-                self._shard.update(UpdateOperation.create_field_index(name, _FIELD_TYPES[kind]))
+        missing = [name for name in schema.PAYLOAD_INDEXES if name not in indexed]
+        for name in missing:
+            kind = schema.PAYLOAD_INDEXES[name]
+            self._shard.update(UpdateOperation.create_field_index(name, _FIELD_TYPES[kind]()))
+        if missing:
+            self._materialise()
+
+    def _materialise(self) -> None:
+        """Close and load the shard again, now, while there is room (see `_open`): the first
+        load of a new appendable segment reads its payload indexes' preallocated files whole
+        whatever their placement, which on tmpfs allocates them (measured: 26 MB for our 5
+        indexes). Done here, that load cannot be the one that meets a full disk later."""
+        self._shard.close()
+        self._shard = EdgeShard.load(str(self.path / "shard"), edge_config())
+
+    def _open(self, shard_dir: Path, disk_reserve_mb: int) -> EdgeShard:
+        """Load the shard, or create it; never let Edge die of SIGBUS on a full disk.
+
+        Edge maps its files with holes in them (preallocated, sparse) and a write into a hole
+        on a full disk is a SIGBUS, which no code can catch. Loading writes only where an
+        interrupted run left WAL entries to replay, or (shards made before `edge_config` set
+        Memory.Cold) where it pre-reads cached storage, which allocates the holes on tmpfs.
+        It can never allocate more than the holes: with that much free it loads here at
+        once. With less, a throw-away process loads it first; when that one is killed by a
+        signal, the error says how much space to free instead of this process dying.
+        """
+        from ingest.diskspace import DiskFullError, free_bytes, require_free
+
+        ballast = self.path / _BALLAST
+        if ballast.exists() and free_bytes(self.path) < _BALLAST_BYTES:
+            # The disk filled up behind our back: give back our own reserve so Edge can
+            # rewrite its config file and the index opens (reads need nothing more).
+            log.warning("the disk of %s is full; releasing its %s", self.path, ballast.name)
+            ballast.unlink()
+        exists = shard_dir.is_dir() and any(shard_dir.iterdir())
+        if not exists:
+            # Creating writes the first pages of every file: never on an (almost) full disk.
+            require_free(self.path, disk_reserve_mb, what="creating the index")
+            self.path.mkdir(parents=True, exist_ok=True)
+            return EdgeShard.create(str(shard_dir), edge_config())
+        holes = _sparse_bytes(shard_dir)
+        free = free_bytes(shard_dir)
+        if free < holes and (died := _probe_load(shard_dir)):
+            raise DiskFullError(
+                f"Cannot open the Qdrant Edge index at {shard_dir}: only {free >> 20} MB free "
+                f"there, and loading it needs to allocate part of its {holes >> 20} MB of "
+                f"preallocated files (a trial load died of {died}). Free some space, or move "
+                "PAGERAG_DATA_DIR to a larger disk; nothing stored is lost."
+            )
+        # Loading with our config makes Edge check the stored vectors against it.
+        return EdgeShard.load(str(shard_dir), edge_config())
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -215,7 +291,10 @@ class EdgeIndex:
         the next optimize() (after the next ingest) tries again.
         """
         try:
-            return self._shard.optimize()
+            changed = self._shard.optimize()
+            if changed:  # optimising starts a new appendable segment
+                self._materialise()
+            return changed
         except Exception as exc:  # qdrant_edge raises bare Exception
             if "not enough space" not in str(exc).lower():
                 raise
@@ -381,11 +460,73 @@ class EdgeIndex:
         self.close()
 
 
+# Edge rewrites edge_config.json (atomically, one page) on every open, so on a disk that is
+# 100% full (filled by something else) not even a read-only `pagerag info` could open the index.
+# A small file of our own, fully allocated while there is room, is given back in that case.
+_BALLAST = ".space-reserve"
+_BALLAST_BYTES = 1 << 20
+
+
+def _keep_ballast(path: Path, reserve_mb: int) -> None:
+    """(Re)create the ballast file while the disk has room for it (it counts as part of the
+    free-space reserve; none when the reserve is off)."""
+    if path.exists() or not reserve_mb:
+        return
+    from ingest.diskspace import free_bytes
+
+    if free_bytes(path.parent) < 4 * _BALLAST_BYTES:
+        return
+    try:
+        with path.open("wb") as f:
+            os.posix_fallocate(f.fileno(), 0, _BALLAST_BYTES)  # real blocks, not a hole
+    except (OSError, AttributeError):  # no room after all, or no posix_fallocate here
+        path.unlink(missing_ok=True)
+
+
+def _sparse_bytes(path: Path) -> int:
+    """Bytes of holes in the files below `path`: apparent size beyond the allocated blocks."""
+    holes = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            holes += max(0, st.st_size - getattr(st, "st_blocks", st.st_size // 512) * 512)
+    return holes
+
+
+_PROBE = "import sys; from qdrant_edge import EdgeShard; EdgeShard.load(sys.argv[1]).close()"
+
+
+def _probe_load(shard_dir: Path) -> str | None:
+    """Load the shard in a child process: the signal that killed it ("SIGBUS"), or None when
+    it loaded (or failed with an error, which loading here reports properly)."""
+    import signal
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(shard_dir)], capture_output=True, timeout=600
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-proc.returncode).name
+    except ValueError:
+        return f"signal {-proc.returncode}"
+
+
 def _filter(flt: SearchFilter | None) -> Filter | None:
     conditions = schema.filter_conditions(flt)
-    if not conditions:
+    excluded = list(flt.exclude_doc_ids) if flt is not None else []
+    if not conditions and not excluded:
         return None
-    return Filter(must=[FieldCondition(key, match=MatchAny(values)) for key, values in conditions])
+    return Filter(
+        must=[FieldCondition(key, match=MatchAny(values)) for key, values in conditions] or None,
+        must_not=[FieldCondition("doc_id", match=MatchAny(excluded))] if excluded else None,
+    )
 
 
 def _doc_filter(doc_id: str) -> Filter:

@@ -427,13 +427,18 @@ class ServerIndex:
 
 def _filter(flt: SearchFilter | None) -> models.Filter | None:
     conditions = schema.filter_conditions(flt)
-    if not conditions:
+    excluded = list(flt.exclude_doc_ids) if flt is not None else []
+    if not conditions and not excluded:
         return None
     return models.Filter(
         must=[
             models.FieldCondition(key=key, match=models.MatchAny(any=values))
             for key, values in conditions
         ]
+        or None,
+        must_not=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=excluded))]
+        if excluded
+        else None,
     )
 
 

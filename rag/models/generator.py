@@ -6,6 +6,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Generator as Generator_
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -180,7 +181,7 @@ class Generator:
 
         def generate() -> None:
             try:
-                outcome["ids"] = self.model.generate(**kwargs)  # (1, prompt + new)
+                outcome["ids"] = self.model.generate(**kwargs)  # type: ignore[misc]  # (1, prompt + new)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 outcome["error"] = exc
                 streamer.end()  # unblocks the consumer
@@ -259,7 +260,7 @@ class Stream:
     def close(self) -> None:
         self._chunks.close()
 
-    def _iterate(self) -> Iterator[str]:
+    def _iterate(self) -> Generator_[str, None, None]:
         parts: list[str] = []
         try:
             for chunk in self._streamer:

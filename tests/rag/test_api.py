@@ -164,13 +164,13 @@ def test_bad_requests_get_clear_statuses(client: TestClient, service: PageRAG) -
     assert blank.status_code == 400 and "empty" in blank.json()["detail"]
     doc = doc_id(service, "report.pdf")
     assert client.get(f"{API}/documents/{doc}/pages/9/image").status_code == 404
-    assert client.get(f"{API}/documents/{doc}/pages/0/image").status_code == 404
+    assert client.get(f"{API}/documents/{doc}/pages/0/image").status_code == 422  # 1 and up
     assert client.get(f"{API}/documents/{doc}/pages/9/heatmap?query=x").status_code == 404
     assert client.get(f"{API}/documents/{doc}/pages/1/heatmap").status_code == 422
     assert client.get(f"{API}/documents/ffff/pages/1/image").status_code == 404
     # A path-like id is just an unknown id, never a path.
     assert client.get(f"{API}/documents/..%2F..%2Fetc/pages/1/image").status_code == 404
-    assert client.get(f"{API}/jobs/nope").status_code == 404
+    assert client.get(f"{API}/jobs/nope").status_code == 422  # job ids are hex
 
 
 # -- answers ------------------------------------------------------------------------------
@@ -441,22 +441,21 @@ def test_status(client: TestClient) -> None:
 def test_serve_command_builds_the_app_and_ingests_docs_in_the_background(
     tmp_path: Path, tiny_colqwen_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
-
+    from rag import serving
     from rag.cli import app
 
     folder = tmp_path / "docs"
     make_pdf(folder / "a.pdf", ["alpha"])
     seen: dict[str, Any] = {}
 
-    def fake_run(server_app: Any, host: str, port: int, **kwargs: Any) -> None:
+    def fake_run(server_app: Any, host: str, port: int) -> None:
         seen.update(host=host, port=port)
         with TestClient(server_app) as c:  # runs the start-up: the folder job is submitted
             assert c.get("/healthz").status_code == 200
             [job] = c.get(f"{API}/jobs").json()["jobs"]
             seen["job"] = server_app.state.jobs.wait(job["id"])
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(serving, "serve", fake_run)
     monkeypatch.setenv("PAGERAG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PAGERAG_RETRIEVER_MODEL", str(tiny_colqwen_dir))
     monkeypatch.setenv("PAGERAG_GENERATOR_MODEL", str(tmp_path / "no-generator"))

@@ -111,8 +111,10 @@ def test_bad_input_exits_non_zero_with_a_reason(env: Path) -> None:
     code, stdout, _ = invoke("ingest", str(env / "does-not-exist"), "--json")
     assert code == EXIT_FAILED_FILES
     assert json.loads(stdout)["failed"][0]["error"] == "no such file or folder"
-    code, _, stderr = invoke("docs", "delete", "zzzz")
+    code, _, stderr = invoke("docs", "delete", "ffff")
     assert code == EXIT_CONFIG and "no document" in stderr
+    code, _, stderr = invoke("docs", "delete", "zzzz")  # not hex: bad usage
+    assert code == 2 and "not a document id" in stderr
     code, _, stderr = invoke("search", "   ")
     assert code == EXIT_CONFIG and "empty" in stderr
 
@@ -139,7 +141,7 @@ def test_bad_settings_and_unreachable_server_exit_3(
     monkeypatch.setenv("PAGERAG_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("PAGERAG_RENDERER", "ghostscript")
     code, _, stderr = invoke("docs", "list")
-    assert code == EXIT_CONFIG and "renderer" in stderr
+    assert code == EXIT_CONFIG and "PAGERAG_RENDERER: Input should be" in " ".join(stderr.split())
     monkeypatch.delenv("PAGERAG_RENDERER")
     monkeypatch.setenv("PAGERAG_QDRANT_URL", "http://127.0.0.1:9")  # discard port: refused
     code, _, stderr = invoke("info")

@@ -276,6 +276,10 @@ FILTERS = {
     "tags": (SearchFilter(tags=("annual", "misc")), {E, F}),
     "combined": (SearchFilter(source_prefix="reports", tags=("finance",), doc_ids=(E, F)), {E}),
     "empty": (SearchFilter(), {D, E, F, A}),
+    # Documents still being ingested are excluded by the service this way.
+    "exclude": (SearchFilter(exclude_doc_ids=(D, A)), {E, F}),
+    "exclude-combined": (SearchFilter(source_prefix="reports", exclude_doc_ids=(E,)), {D}),
+    "exclude-and-include": (SearchFilter(doc_ids=(D, F), exclude_doc_ids=(F,)), {D}),
 }
 
 
