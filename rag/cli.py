@@ -541,8 +541,8 @@ def serve(
     # Gradio keeps uploads in /tmp/gradio by default, shared by every Gradio process on the
     # machine; read once when gradio is imported, so it is set before create_app imports it.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(_settings().data_dir / "gradio"))
-    from rag.api import create_app
-    from rag.serving import serve as serve_app
+    from rag.server.app import create_app
+    from rag.server.run import serve as serve_app
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

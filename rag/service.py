@@ -24,7 +24,6 @@ from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
 from rag.index.text import TEXT_CHANNEL
 from rag.prompt import Turn, parse_citations
 from rag.types import Answer, Citation, DocumentInfo, Hit, IngestReport, SearchFilter
-from rag.workqueue import WorkQueue
 from rag.writelock import Deletion, WriteLock
 
 if TYPE_CHECKING:
@@ -84,9 +83,6 @@ class PageRAG:
         # One ingestion or deletion at a time; deletions queue and run between two batches
         # of a running ingestion, so a DELETE never waits for a whole run (rag/writelock.py).
         self._writes = WriteLock(lambda doc_id: self._runner().remove(doc_id))
-        # The one bounded line in front of the models for interactive callers (web UI and REST
-        # API alike): they take a ticket from it around search, ask and similarity maps.
-        self.work = WorkQueue(settings.queue_size, settings.request_timeout)
 
     def index_meta(self) -> dict[str, Any]:
         """What the stored vectors depend on; checked every time the index is opened."""

@@ -14,10 +14,10 @@ from ingest.runner import page_image_dir
 from rag.config import SearchMode
 from rag.errors import user_error_status
 from rag.heatmap import page_heatmaps
-from rag.jobs import JobManager, display_name, stage_files
+from rag.server.jobs import JobManager, display_name, stage_files
+from rag.server.modelqueue import QueueFull, QueueTimeout, Ticket, WorkQueue
 from rag.service import PageRAG
 from rag.types import Answer, Citation, SearchFilter
-from rag.workqueue import QueueFull, QueueTimeout, Ticket
 
 Message = dict[str, str]  # a Chatbot message: {"role": "user" | "assistant", "content": ...}
 Turn = tuple[str, str]
@@ -63,6 +63,8 @@ def ask(
     doc_ids: Sequence[str],
     show_map: bool,
     mode: SearchMode | None = None,
+    *,
+    work: WorkQueue,
 ) -> Iterator[AskView]:
     """Stream an answer into the chat, then show its pages. Earlier turns go to the model as
     the conversation's history, so follow-up questions can refer to them."""
@@ -72,12 +74,14 @@ def ask(
     yield view
     flt = SearchFilter(doc_ids=tuple(doc_ids)) if doc_ids else None
     try:
-        with service.work.acquire() as ticket:
+        with work.acquire() as ticket:
             answer = yield from _stream(service, ticket, question, k, flt, mode, view)
             view.question = question
             view.pages = [_page(c) for c in answer.citations]
             view.chips = [(_chip(c), i) for i, c in enumerate(answer.citations)]
-            view.gallery = gallery(service, question, view.pages, show_map, ticket)
+            view.gallery = gallery(
+                service, question, view.pages, show_map, work=work, ticket=ticket
+            )
     except Exception as exc:
         message = problem(exc)
         if message is None:
@@ -142,6 +146,8 @@ def gallery(
     question: str,
     pages: Sequence[dict[str, Any]],
     show_map: bool,
+    *,
+    work: WorkQueue,
     ticket: Ticket | None = None,
 ) -> list[GalleryItem]:
     """The pages with their scores; with `show_map`, each with its similarity map (which needs
@@ -155,7 +161,7 @@ def gallery(
         return [(p["image"], c) for p, c in zip(pages, captions, strict=True)]
     keys = [(p["doc_id"], p["page"]) for p in pages]
     if ticket is None:
-        with service.work.acquire():
+        with work.acquire():
             maps = page_heatmaps(service, question, keys)
     else:
         maps = page_heatmaps(service, question, keys)
@@ -266,9 +272,9 @@ def delete(service: PageRAG, doc_id: str | None) -> str:
 # -- status -------------------------------------------------------------------------------
 
 
-def status(service: PageRAG) -> str:
+def status(service: PageRAG, work: WorkQueue) -> str:
     info = service.info()
-    queue = service.work.stats()
+    queue = work.stats()
     mib = 1024 * 1024
     rows = [
         ("Retriever", f"{info['retriever_model']} ({_loaded(info['retriever_loaded'])})"),

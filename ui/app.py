@@ -1,6 +1,6 @@
 """The web UI: `build_ui(service)` returns Gradio Blocks wired to the `PageRAG` service.
 
-Building is separate from launching: `rag.api.create_app` mounts the Blocks into the server
+Building is separate from launching: `rag.server.app.create_app` mounts the Blocks into the server
 at `/`. On its own, `build_ui(service).launch(allowed_paths=[str(settings.images_dir)])` works
 too (the gallery shows the stored page images). The work itself lives in `ui.actions`; this
 module only lays out components and connects events.
@@ -14,9 +14,9 @@ from typing import Any
 import gradio as gr
 
 from rag.config import SearchMode
-from rag.jobs import JobManager
+from rag.server.jobs import JobManager
+from rag.server.modelqueue import QueueFull, WorkQueue
 from rag.service import PageRAG
-from rag.workqueue import QueueFull
 from ui import actions
 
 # System fonts only: the default theme would fetch web fonts from the internet.
@@ -33,11 +33,14 @@ INTRO = (
 )
 
 
-def build_ui(service: PageRAG, *, jobs: JobManager | None = None) -> gr.Blocks:
-    """The UI for `service`; uploads run through `jobs` (the API's, when mounted in the
-    server, so both show the same jobs)."""
-    jobs = jobs or JobManager(service)
+def build_ui(
+    service: PageRAG, *, jobs: JobManager | None = None, work: WorkQueue | None = None
+) -> gr.Blocks:
+    """The UI for `service`; uploads run through `jobs` and model work waits in `work` (the
+    server's, when mounted there, so the UI and the API share one line and one job list)."""
     settings = service.settings
+    jobs = jobs or JobManager(service)
+    work = work or WorkQueue(settings.queue_size, settings.request_timeout)
     # Gradio copies every image it shows into its cache: drop copies older than a day, hourly.
     with gr.Blocks(
         title="PageRAG", analytics_enabled=False, fill_width=True, delete_cache=(3600, 86400)
@@ -51,10 +54,10 @@ def build_ui(service: PageRAG, *, jobs: JobManager | None = None) -> gr.Blocks:
             with gr.Tab("Status", id="status"):
                 status = gr.Markdown(elem_id="status")
                 refresh_status = gr.Button("Refresh", size="sm")
-        _wire_ask(service, ask)
+        _wire_ask(service, work, ask)
         _wire_library(demo, service, jobs, lib, ask["doc_filter"])
-        refresh_status.click(lambda: actions.status(service), None, status)
-        demo.load(lambda: actions.status(service), None, status)
+        refresh_status.click(lambda: actions.status(service, work), None, status)
+        demo.load(lambda: actions.status(service, work), None, status)
     # Gradio's own queue lets every model event through to the service's shared line, which
     # decides (for the UI and the API alike) who waits and who is turned away.
     demo.queue(default_concurrency_limit=settings.queue_size + 1)
@@ -134,7 +137,7 @@ def _ask_tab(ask_pages: int, search_mode: str) -> dict[str, Any]:
     return c
 
 
-def _wire_ask(service: PageRAG, c: dict[str, Any]) -> None:
+def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
     outputs = [
         c["chat"],
         c["history"],
@@ -159,7 +162,9 @@ def _wire_ask(service: PageRAG, c: dict[str, Any]) -> None:
             gr.Warning("Type a question first.")
             return
         cleared = False
-        steps = actions.ask(service, question, chat, turns, int(k), docs or [], show_map, mode)
+        steps = actions.ask(
+            service, question, chat, turns, int(k), docs or [], show_map, mode, work=work
+        )
         for view in steps:
             if view.pages or view.note or not cleared:
                 cleared = True
@@ -190,7 +195,7 @@ def _wire_ask(service: PageRAG, c: dict[str, Any]) -> None:
         if not last.get("pages"):
             return gr.skip()
         try:
-            return actions.gallery(service, last["question"], last["pages"], show)
+            return actions.gallery(service, last["question"], last["pages"], show, work=work)
         except Exception as exc:
             message = actions.problem(exc)
             if message is None:

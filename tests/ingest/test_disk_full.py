@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ingest.diskspace import MB, DiskFullError
-from rag.jobs import stage
+from rag.server.jobs import stage
 
 RESERVE_MB = 24
 

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from rag.api import create_app
+from rag.server.app import create_app
+from rag.server.modelqueue import WorkQueue
 from rag.service import PageRAG
-from rag.workqueue import WorkQueue
 from tests.pdfs import make_pdf
 from tests.serving import make_library
 
@@ -43,16 +43,17 @@ def client(service: PageRAG) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def fresh_queue(service: PageRAG) -> Iterator[Callable[..., WorkQueue]]:
-    """Swap the service's shared queue for one with test limits; restore it afterwards."""
-    original = service.work
+def fresh_queue(client: TestClient) -> Iterator[Callable[..., WorkQueue]]:
+    """Swap the server's shared queue for one with test limits; restore it afterwards."""
+    state = client.app.state  # type: ignore[attr-defined]
+    original = state.work
 
     def make(max_waiting: int, timeout: float) -> WorkQueue:
-        service.work = WorkQueue(max_waiting, timeout)
-        return service.work
+        state.work = WorkQueue(max_waiting, timeout)
+        return state.work
 
     yield make
-    service.work = original
+    state.work = original
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -426,7 +427,7 @@ def test_an_unexpected_error_is_a_500_and_the_server_goes_on(
         assert response.status_code == 500 and "boom" not in response.text
         monkeypatch.undo()
         assert c.post(f"{API}/search", json={"query": "x"}).status_code == 200
-    assert service.work.stats()["running"] == 0
+        assert c.app.state.work.stats()["running"] == 0  # type: ignore[attr-defined]
 
 
 def test_status(client: TestClient) -> None:
@@ -441,8 +442,8 @@ def test_status(client: TestClient) -> None:
 def test_serve_command_builds_the_app_and_ingests_docs_in_the_background(
     tmp_path: Path, tiny_colqwen_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rag import serving
     from rag.cli import app
+    from rag.server import run as serving
 
     folder = tmp_path / "docs"
     make_pdf(folder / "a.pdf", ["alpha"])

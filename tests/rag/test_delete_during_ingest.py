@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ingest.runner import page_image_dir
-from rag.api import create_app
+from rag.server.app import create_app
 from rag.service import PageRAG
 from tests.pdfs import make_pdf
 from tests.serving import running_server

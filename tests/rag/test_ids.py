@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from ingest.manifest import Manifest
-from rag.api import create_app
 from rag.cli import app as cli_app
 from rag.ids import IdError, doc_prefix, job_id
+from rag.server.app import create_app
 from rag.service import PageRAG, PageRAGError
 from rag.types import SearchFilter
 from tests.pdfs import make_pdf

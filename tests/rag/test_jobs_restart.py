@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.jobs import Job, JobManager
+from rag.server.jobs import Job, JobManager
 from rag.service import PageRAG
 from tests.pdfs import make_pdf
 from tests.serving import serving_service
@@ -169,7 +169,7 @@ def test_a_pending_documents_image_and_heatmap_answer_404(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from rag.api import create_app
+    from rag.server.app import create_app
 
     service = make_serving_service("pending-routes")
     service.ingest([make_pdf(tmp_path / "a.pdf", ["Alpha", "Beta"])])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.api import create_app
+from rag.server.app import create_app
 from rag.service import PageRAG
 from tests.serving import make_library, running_server
 

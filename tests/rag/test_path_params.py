@@ -12,8 +12,8 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from rag.api import create_app
-from rag.api_routes import router
+from rag.server.app import create_app
+from rag.server.routes import router
 from rag.service import PageRAG
 from tests.serving import make_library
 

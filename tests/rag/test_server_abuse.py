@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from rag.api import create_app
-from rag.guard import file_route_refusal
+from rag.server.app import create_app
+from rag.server.guard import file_route_refusal
 from rag.service import PageRAG
 from tests.rawhttp import RawResponse, raw_request
 from tests.serving import make_library, running_server

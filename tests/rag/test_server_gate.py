@@ -19,11 +19,11 @@ import uvicorn
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from rag import serving
-from rag.api import create_app
 from rag.cli import EXIT_CONFIG
 from rag.cli import app as cli_app
 from rag.config import Settings
+from rag.server import run as serving
+from rag.server.app import create_app
 from rag.service import PageRAG
 from tests.rawhttp import raw_request
 from tests.serving import running_server
@@ -154,7 +154,7 @@ def test_a_stalled_body_is_cut_off(keyed: tuple[PageRAG, str]) -> None:
 
 @contextmanager
 def timed_server(app: Any) -> Iterator[tuple[str, int]]:
-    """The app under `rag.serving`'s protocol, as `pagerag serve` runs it."""
+    """The app under `rag.server.run`'s protocol, as `pagerag serve` runs it."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.serving import SHUTDOWN_SECONDS
+from rag.server.run import SHUTDOWN_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

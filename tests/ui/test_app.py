@@ -11,13 +11,15 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from rag.jobs import JobManager
+from rag.server.jobs import JobManager
+from rag.server.modelqueue import WorkQueue
 from rag.service import PageRAG
-from rag.workqueue import WorkQueue
 from tests.pdfs import make_pdf
 from tests.serving import make_library
 from ui import actions
 from ui.app import build_ui
+
+WORK = WorkQueue(max_waiting=16, timeout=120.0)  # the line a server would hand the UI
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_build_ui_builds_without_launching(service: PageRAG) -> None:
 
 def test_ask_streams_the_answer_then_shows_pages_and_chips(service: PageRAG) -> None:
     texts = []
-    for view in actions.ask(service, "Total 2015?", [], [], 2, [], False):
+    for view in actions.ask(service, "Total 2015?", [], [], 2, [], False, work=WORK):
         texts.append(view.chat[-1]["content"])  # the same view object, updated step by step
     assert texts[0] == ""  # the question shows at once, before any model work
     streamed = [t for t in texts if t]
@@ -74,38 +76,40 @@ def test_follow_up_questions_send_the_history(
         return original(question, k, flt, history, **kwargs)
 
     monkeypatch.setattr(service, "ask_stream", spy)
-    first = list(actions.ask(service, "Revenue?", [], [], 1, [], False))[-1]
-    second = list(actions.ask(service, "And costs?", first.chat, first.turns, 1, [], False))[-1]
+    first = list(actions.ask(service, "Revenue?", [], [], 1, [], False, work=WORK))[-1]
+    second = list(
+        actions.ask(service, "And costs?", first.chat, first.turns, 1, [], False, work=WORK)
+    )[-1]
     assert seen == [[], [("Revenue?", first.turns[0][1])]]
     assert len(second.chat) == 4 and len(second.turns) == 2
 
 
 def test_document_filter_and_similarity_maps(service: PageRAG) -> None:
     [minutes] = [d.doc_id for d in service.documents() if d.source == "minutes.pdf"]
-    final = list(actions.ask(service, "Budget", [], [], 5, [minutes], True, "visual"))[-1]
+    final = list(actions.ask(service, "Budget", [], [], 5, [minutes], True, "visual", work=WORK))[
+        -1
+    ]
     assert {p["source"] for p in final.pages} == {"minutes.pdf"} and len(final.pages) == 2
     for (image, caption), page in zip(final.gallery, final.pages, strict=True):
         assert isinstance(image, Image.Image) and caption.endswith("similarity map")
         with Image.open(page["image"]) as original:
             assert image.size == original.size
-    plain = actions.gallery(service, final.question, final.pages, False)
+    plain = actions.gallery(service, final.question, final.pages, False, work=WORK)
     assert [i for i, _ in plain] == [p["image"] for p in final.pages]
-    maps = actions.gallery(service, final.question, final.pages, True)  # takes its own ticket
+    maps = actions.gallery(
+        service, final.question, final.pages, True, work=WORK
+    )  # takes its own ticket
     assert all(isinstance(i, Image.Image) for i, _ in maps)
-    assert service.work.stats()["running"] == 0
+    assert WORK.stats()["running"] == 0
 
 
 def test_a_busy_server_says_so_in_the_chat(service: PageRAG) -> None:
-    original = service.work
-    service.work = WorkQueue(max_waiting=0, timeout=1.0)
-    try:
-        with service.work.acquire():  # somebody else is using the model
-            final = list(actions.ask(service, "Total?", [], [], 2, [], False))[-1]
-        assert final.chat[-1]["content"].startswith("Not answered:")
-        assert "busy" in final.note
-        assert final.turns == [] and final.gallery == []
-    finally:
-        service.work = original
+    work = WorkQueue(max_waiting=0, timeout=1.0)
+    with work.acquire():  # somebody else is using the model
+        final = list(actions.ask(service, "Total?", [], [], 2, [], False, work=work))[-1]
+    assert final.chat[-1]["content"].startswith("Not answered:")
+    assert "busy" in final.note
+    assert final.turns == [] and final.gallery == []
 
 
 def test_upload_reports_progress_and_plain_errors_then_delete(
@@ -142,6 +146,6 @@ def test_upload_reports_progress_and_plain_errors_then_delete(
 
 
 def test_status_lists_models_index_and_queue(service: PageRAG) -> None:
-    text = actions.status(service)
+    text = actions.status(service, WORK)
     for words in ("Retriever", "Generator", "Device", "qdrant-edge", "Pages", "Model queue"):
         assert words in text

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from rag.api import create_app
+from rag.server.app import create_app
 from rag.service import PageRAG
 from tests.conftest import CORPUS
 from tests.pdfs import make_pdf

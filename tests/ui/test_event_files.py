@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.api import create_app
+from rag.server.app import create_app
 from rag.service import PageRAG
 from tests.pdfs import make_pdf
 from tests.serving import make_library, running_server
@@ -178,7 +178,7 @@ def test_another_users_upload_cannot_be_named(keyed_server: str, tmp_path: Path)
 
 
 def test_gradio_checks_event_paths_only_once_launched(server: str) -> None:
-    """The Gradio behaviour `rag.api` relies on as its second line (not public API; an upgrade
+    """What `rag.server.app` relies on as its second line (not public API; an upgrade
     that changes it must fail here): with `has_launched`, event inputs outside Gradio's upload
     folder are refused; without it, nothing is checked."""
     import gradio as gr

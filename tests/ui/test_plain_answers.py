@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 import pytest
 
+from rag.server.modelqueue import WorkQueue
 from rag.service import PageRAG
 from tests.scripted import ScriptedGenerator
 from tests.serving import make_library
@@ -48,7 +49,7 @@ def test_the_chatbot_renders_no_markdown_html_or_latex(service: PageRAG) -> None
 
 def test_a_hostile_answer_reaches_the_chat_as_text(service: PageRAG) -> None:
     question = "What is <b>this</b>?"
-    final = list(actions.ask(service, question, [], [], 2, [], False))[-1]
+    final = list(actions.ask(service, question, [], [], 2, [], False, work=WorkQueue(16, 60.0)))[-1]
     user, bot = final.chat[-2]["content"], final.chat[-1]["content"]
     assert user == "What is &lt;b>this&lt;/b>?"
     # No "<" left, so no tag can form when the browser parses the message.
@@ -62,6 +63,9 @@ def test_a_hostile_answer_reaches_the_chat_as_text(service: PageRAG) -> None:
 
 
 def test_the_streamed_text_is_escaped_chunk_by_chunk(service: PageRAG) -> None:
-    views = [v.chat[-1]["content"] for v in actions.ask(service, "Total?", [], [], 2, [], False)]
+    views = [
+        v.chat[-1]["content"]
+        for v in actions.ask(service, "Total?", [], [], 2, [], False, work=WorkQueue(16, 60.0))
+    ]
     assert all("<" not in text for text in views)
     assert views[-1] == actions.shown("".join(HOSTILE_ANSWER))

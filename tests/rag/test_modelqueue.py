@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rag.workqueue import QueueFull, QueueTimeout, WorkQueue
+from rag.server.modelqueue import QueueFull, QueueTimeout, WorkQueue
 
 
 def wait_until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

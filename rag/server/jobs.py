@@ -5,7 +5,7 @@ its progress (files, pages, the file being read) and, when it ends, what happene
 in plain words. Uploaded bytes are written under generated names in the data directory: the
 name a user gave a file is only ever shown (as the document's `source`), never used as a path.
 
-Job records are kept in SQLite (rag/jobstore.py) and staged files under a folder that outlives
+Job records are kept in SQLite (`jobstore`) and staged files under a folder that outlives
 the process, so a server that was stopped or killed resumes its unfinished jobs when it starts
 again (the runner stores only the pages still missing). Jobs wait in one line per client, taken
 in turn, so one client's many uploads do not hold back everyone else's.
@@ -31,8 +31,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from ingest.discover import describe_content, sniff_kind
 from ingest.diskspace import DEFAULT_RESERVE_MB, DiskFullError, require_free
 from rag.errors import user_error_status
-from rag.jobstore import JobStore
-from rag.workqueue import QueueFull
+from rag.server.jobstore import JobStore
+from rag.server.modelqueue import QueueFull
 
 if TYPE_CHECKING:
     from ingest.runner import Progress
@@ -175,7 +175,7 @@ class Job:
         return data
 
     def record(self) -> dict[str, Any]:
-        """Everything about the job as JSON values (rag/jobstore.py stores it)."""
+        """Everything about the job as JSON values (rag/server/jobstore.py stores it)."""
         data = asdict(self)
         data["paths"] = [str(p) for p in self.paths]
         data["sources"] = [[str(p), name] for p, name in self.sources.items()]

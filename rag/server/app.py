@@ -19,17 +19,17 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
-from rag.api_routes import router
 from rag.config import Settings
 from rag.errors import user_error_status
-from rag.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard, key_matches
 from rag.heatmap import HeatmapError
 from rag.index.base import IndexMismatchError, IndexUnavailableError
-from rag.jobs import JobManager
 from rag.models.generator import GenerationError
 from rag.models.loading import ModelLoadError
+from rag.server.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard, key_matches
+from rag.server.jobs import JobManager
+from rag.server.modelqueue import QueueFull, QueueTimeout, WorkQueue
+from rag.server.routes import router
 from rag.service import PageRAG, PageRAGError
-from rag.workqueue import QueueFull, QueueTimeout
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ def create_app(
     background job once the server starts; `ui=False` leaves the web UI out."""
     settings = service.settings
     jobs = JobManager(service, max_pending=max(settings.queue_size, 1))
+    # The one bounded line in front of the models for interactive callers (web UI and REST
+    # API alike): they take a ticket from it around search, ask and similarity maps.
+    work = WorkQueue(settings.queue_size, settings.request_timeout)
     readiness = Readiness()
 
     @asynccontextmanager
@@ -85,6 +88,7 @@ def create_app(
     )
     app.state.service = service
     app.state.jobs = jobs
+    app.state.work = work
     app.state.readiness = readiness
     _add_error_handlers(app)
     # Around everything, the UI included: bodies are capped as they arrive (FastAPI and Gradio
@@ -106,7 +110,7 @@ def create_app(
     if not gate.keys:
         _drop_security(app)
     if ui:
-        gate.ui_logged_in = _mount_ui(app, service, jobs)
+        gate.ui_logged_in = _mount_ui(app, service, jobs, work)
     return app
 
 
@@ -233,7 +237,9 @@ def _private_paths(settings: Settings) -> list[Path]:
     return [settings.index_dir, settings.uploads_dir, manifest, *journals]
 
 
-def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> Callable[[dict[str, str]], bool]:
+def _mount_ui(
+    app: FastAPI, service: PageRAG, jobs: JobManager, work: WorkQueue
+) -> Callable[[dict[str, str]], bool]:
     """Mounts the web UI at `/`; returns the check of whether cookies are a UI login."""
     import gradio as gr
 
@@ -249,7 +255,7 @@ def _mount_ui(app: FastAPI, service: PageRAG, jobs: JobManager) -> Callable[[dic
     if keys:
         kwargs["auth"] = login
         kwargs["auth_message"] = "Enter any user name and one of the server's API keys."
-    blocks = build_ui(service, jobs=jobs)
+    blocks = build_ui(service, jobs=jobs, work=work)
     gr.mount_gradio_app(
         app,
         blocks,

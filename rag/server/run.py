@@ -2,7 +2,7 @@
 
 - A client must send a request's headers within `HEAD_SECONDS` of connecting (or of starting
   the next request on a kept-alive connection); a connection that trickles them is closed, so
-  slow clients cannot hold connections open for ever. Bodies are timed by `rag.guard`.
+  slow clients cannot hold connections open for ever. Bodies are timed by `rag.server.guard`.
 - After SIGTERM/SIGINT, open streams (answers, the UI's heartbeat) get `SHUTDOWN_SECONDS` to
   end; if the process is still alive well after that (a stuck request, a blocked event loop),
   it exits anyway. The index and the manifest are durable at every step: nothing stored is lost.

@@ -14,7 +14,7 @@ Two things are checked here, before any route runs, because no route can check t
   public URL and stream it back (an open proxy), and `/gradio_api/proxy=` forwards to Spaces;
   this server shows only its own page images and uploads, so URLs of any scheme are refused,
   as are paths with `..` segments, backslashes or NUL bytes, whatever their encoding. Which
-  folders may be served at all is Gradio's `allowed_paths`/`blocked_paths` (see `rag.api`).
+  folders may be served at all is Gradio's `allowed_paths`/`blocked_paths` (see `rag.server.app`).
 - **UI events name only files this client uploaded.** A Gradio event carries file inputs as
   `{"path": ...}` objects, and Gradio copies (hashing it on the event loop) whatever path it is
   given before any handler runs; when the Blocks are mounted rather than launched, its own path
@@ -76,7 +76,7 @@ class Limits:
     upload_parts: int = 1000  # files and fields of one upload (Gradio's own limit too)
     field_bytes: int = 64 * 1024  # one multipart part that is not a file
     # A body that stops arriving for this long is cut off (408): a client trickling bytes
-    # must not hold a worker for ever. Headers have their own deadline (`rag.serving`).
+    # must not hold a worker for ever. Headers have their own deadline (`rag.server.run`).
     body_idle_seconds: float = 30.0
 
 

@@ -11,7 +11,6 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from rag import ids
-from rag.guard import key_matches
 from rag.ids import (
     DOC_ID_LENGTH,
     DOC_PREFIX_PATTERN,
@@ -21,9 +20,10 @@ from rag.ids import (
     IdError,
     doc_prefix,
 )
-from rag.jobs import JobManager
+from rag.server.guard import key_matches
+from rag.server.jobs import JobManager
+from rag.server.modelqueue import Ticket, WorkQueue
 from rag.service import PageRAG, PageRAGError
-from rag.workqueue import Ticket
 
 
 def get_service(request: Request) -> PageRAG:
@@ -34,8 +34,13 @@ def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
+def get_work(request: Request) -> WorkQueue:
+    return request.app.state.work
+
+
 ServiceDep = Annotated[PageRAG, Depends(get_service)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+WorkDep = Annotated[WorkQueue, Depends(get_work)]
 
 _bearer = HTTPBearer(auto_error=False, description="One of PAGERAG_API_KEYS, when it is set")
 
@@ -104,10 +109,10 @@ MAX_PAGE = 100_000
 Page = Annotated[int, Path(ge=1, le=MAX_PAGE, description="1-based page number")]
 
 
-async def admit(service: PageRAG) -> Ticket:
+async def admit(work: WorkQueue) -> Ticket:
     """A place at the model: waits in the shared line (QueueFull -> 429, QueueTimeout -> 504,
     both turned into responses by the app's exception handlers)."""
-    return await run_in_threadpool(service.work.acquire)
+    return await run_in_threadpool(work.acquire)
 
 
 # One upload request: files and form fields. Past these, 400 (Starlette's parser says which).
@@ -123,7 +128,7 @@ class _UploadParser(MultiPartParser):
 
 
 async def upload_form(request: Request) -> FormData:
-    """The multipart body. Its size was capped while it streamed in by `rag.guard` (413,
+    """The multipart body. Its size was capped while it streamed in by `rag.server.guard` (413,
     before anything is buffered: a declared length past PAGERAG_MAX_UPLOAD_MB is refused
     before reading, a chunked body the moment it passes it), which also refuses too many
     parts and oversized form fields; this parses what got through."""

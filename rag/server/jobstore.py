@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id     TEXT PRIMARY KEY,
     owner  TEXT NOT NULL,      -- the process running it (`JobStore.owner`)
     state  TEXT NOT NULL,
-    record TEXT NOT NULL       -- the job as JSON (rag/jobs.py `Job.record`)
+    record TEXT NOT NULL       -- the job as JSON (rag/server/jobs.py `Job.record`)
 );
 """
 

@@ -21,17 +21,22 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ingest.runner import page_image_dir
-from rag.api_deps import (
+from rag.errors import user_error_status
+from rag.heatmap import page_heatmap
+from rag.server.deps import (
     DocId,
     JobId,
     JobsDep,
     Page,
     ServiceDep,
     UploadForm,
+    WorkDep,
     admit,
     require_key,
 )
-from rag.api_schemas import (
+from rag.server.jobs import display_name, stage_files
+from rag.server.modelqueue import QueueTimeout, Ticket
+from rag.server.schemas import (
     AnswerOut,
     AskIn,
     DeletedOut,
@@ -47,12 +52,8 @@ from rag.api_schemas import (
     hit_out,
     to_filter,
 )
-from rag.errors import user_error_status
-from rag.heatmap import page_heatmap
-from rag.jobs import display_name, stage_files
 from rag.service import DeletionQueued, DocumentPending, PageRAG
 from rag.types import Answer, SearchFilter
-from rag.workqueue import QueueTimeout, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,10 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)], respon
 
 
 @router.post("/search", tags=["search"], responses=_MODEL_ERRORS)
-async def search(body: SearchIn, request: Request, service: ServiceDep) -> SearchOut:
+async def search(body: SearchIn, request: Request, service: ServiceDep, work: WorkDep) -> SearchOut:
     """The pages that best match a query (ColQwen2 late interaction, exact MaxSim rerank)."""
     flt = to_filter(body.filter, service.resolve)
-    with await admit(service):
+    with await admit(work):
         hits = await run_in_threadpool(service.search, body.query, body.top_k, flt, body.mode)
     return SearchOut(query=body.query, hits=[hit_out(request, h, body.query) for h in hits])
 
@@ -92,10 +93,10 @@ async def search(body: SearchIn, request: Request, service: ServiceDep) -> Searc
         },
     },
 )
-async def ask(body: AskIn, request: Request, service: ServiceDep) -> AnswerOut:
+async def ask(body: AskIn, request: Request, service: ServiceDep, work: WorkDep) -> AnswerOut:
     """Answer a question from the best pages with Qwen2-VL, citing them as [1], [2], ..."""
     flt = to_filter(body.filter, service.resolve)
-    ticket = await admit(service)
+    ticket = await admit(work)
     if not body.stream:
         with ticket:
             answer = await run_in_threadpool(_answer, service, ticket, body, flt)
@@ -324,6 +325,7 @@ async def page_heatmap_image(
     doc_id: DocId,
     page: Page,
     service: ServiceDep,
+    work: WorkDep,
     query: str = Query(min_length=1, max_length=4000),
 ) -> Response:
     """The page with a similarity map of the query laid over it: bright regions matched it.
@@ -333,7 +335,7 @@ async def page_heatmap_image(
         service.index.page_ids, doc_id
     ):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id[:12]} has no page {page}")
-    with await admit(service):
+    with await admit(work):
         heatmap = await run_in_threadpool(page_heatmap, service, query, doc_id, page)
     buffer = io.BytesIO()
     heatmap.image.save(buffer, format="PNG")
@@ -348,6 +350,6 @@ async def page_heatmap_image(
 
 
 @router.get("/status", tags=["status"])
-def server_status(service: ServiceDep) -> dict[str, Any]:
+def server_status(service: ServiceDep, work: WorkDep) -> dict[str, Any]:
     """Models, device, backend, documents, pages, disk use, and the model queue."""
-    return {**service.info(), "queue": service.work.stats()}
+    return {**service.info(), "queue": work.stats()}
