@@ -29,6 +29,8 @@ DEFAULT_RESERVE_MB = 64
 class DiskFullError(IndexUnavailableError):
     """Too little free disk to write safely; nothing stored so far is lost."""
 
+    http_status = 507  # Insufficient Storage: the message names the data directory and the need
+
 
 def free_bytes(path: Path) -> int:
     """Free bytes (for unprivileged users) on the filesystem holding `path` or its nearest

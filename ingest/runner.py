@@ -231,7 +231,7 @@ class IngestRunner:
         except DiskFullError as exc:
             # The run stops; the document in progress stays 'pending' with the pages it has,
             # and the next run completes it. The caller gets what was done until then.
-            exc.report = report  # type: ignore[attr-defined]
+            exc.report = report  # type: ignore[attr-defined]  # read by the CLI's --json output
             raise
 
     def _execute_jobs(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:

@@ -31,11 +31,11 @@ from ingest.discover import Shard
 from ingest.diskspace import DiskFullError
 from ingest.runner import Progress as IngestProgress
 from rag.config import SearchMode, Settings
+from rag.errors import EXIT_CONFIG
 from rag.ids import IdError, doc_prefix
 from rag.types import SearchFilter
 
-EXIT_FAILED_FILES = 1
-EXIT_CONFIG = 3
+EXIT_FAILED_FILES = 1  # ingestion finished, some files could not be read; EXIT_CONFIG is 3
 
 app = typer.Typer(
     help="PageRAG: ask questions about PDFs by looking at their pages.\n\n"
@@ -81,17 +81,11 @@ def _die(message: str, code: int = EXIT_CONFIG) -> None:
 
 
 def _die_known(exc: Exception) -> None:
-    """Turn errors a user can fix into a message and exit 3; anything else is a bug."""
-    from rag.index.base import IndexMismatchError, IndexUnavailableError
-    from rag.models.generator import GenerationError
-    from rag.models.loading import ModelLoadError
-    from rag.service import PageRAGError
+    """Turn errors a user can fix into their message and exit status; anything else is a bug."""
+    from rag.errors import UserError
 
-    known = (
-        PageRAGError | ModelLoadError | IndexMismatchError | IndexUnavailableError | GenerationError
-    )
-    if isinstance(exc, known):
-        _die(str(exc))
+    if isinstance(exc, UserError):
+        _die(str(exc), exc.exit_code)
     raise exc
 
 
@@ -298,12 +292,11 @@ def ask(
         if as_json or no_stream:
             answer = service.ask(question, k, flt, mode=mode)
         else:
-            for item in service.ask_stream(question, k, flt, mode=mode):
-                if isinstance(item, Answer):
-                    answer = item
-                else:
-                    typer.echo(item, nl=False)  # plain echo: rich would read [1] as markup
-                    streamed = True
+            stream = service.ask_stream(question, k, flt, mode=mode)
+            for chunk in stream:
+                typer.echo(chunk, nl=False)  # plain echo: rich would read [1] as markup
+                streamed = True
+            answer = stream.answer
     except Exception as exc:
         if streamed:
             typer.echo()
@@ -403,7 +396,7 @@ def eval_(
         try:
             data = open_dataset(dataset, workdir, questions=questions, split=split)
         except DatasetError as exc:
-            _die(str(exc), code=2)
+            _die_known(exc)
         try:
             service = PageRAG(settings)
         except Exception as exc:

@@ -1,23 +1,25 @@
-"""Which exceptions are a user's to fix (their message says how), for the API and the UI."""
+"""One base for every error a user or operator can fix: its message says how, and it carries
+the HTTP status and the CLI exit status, so each surface maps it in one place (the API's
+exception handler, the CLI's `_die_known`, the UI's `problem`). Anything else is a bug."""
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_CONFIG = 3  # a problem with the settings, the model, the index or the input
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says how."""
+
+    http_status: ClassVar[int] = 400
+    exit_code: ClassVar[int] = EXIT_CONFIG
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP response headers (a 429's `Retry-After`)."""
+        return {}
 
 
 def user_error_status(exc: BaseException) -> int | None:
     """The HTTP status for an error a user or operator can fix; None for a bug."""
-    from ingest.diskspace import DiskFullError
-    from rag.heatmap import HeatmapError
-    from rag.index.base import IndexMismatchError, IndexUnavailableError
-    from rag.models.generator import GenerationError
-    from rag.models.loading import ModelLoadError
-    from rag.service import PageRAGError
-
-    if isinstance(exc, PageRAGError | HeatmapError):
-        return 400
-    if isinstance(exc, GenerationError):
-        return 422  # these pages cannot be shown to the model (or it ran out of memory)
-    if isinstance(exc, DiskFullError):
-        return 507  # Insufficient Storage: the message names the data directory and the need
-    if isinstance(exc, ModelLoadError | IndexMismatchError | IndexUnavailableError):
-        return 503  # the server is not set up right; the message names the setting
-    return None
+    return exc.http_status if isinstance(exc, UserError) else None

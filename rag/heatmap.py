@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from rag.errors import UserError
 from rag.types import Hit, SearchFilter
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ _STOPS = np.array(
 )
 
 
-class HeatmapError(Exception):
+class HeatmapError(UserError):
     """The page cannot be mapped (not stored, or stored without its patch grid)."""
 
 

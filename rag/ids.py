@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from rag.errors import UserError
+
 DOC_ID_LENGTH = 64
 MIN_PREFIX = 4  # shorter prefixes match too many documents to be a useful choice
 JOB_ID_LENGTH = 32  # uuid4().hex
@@ -19,8 +21,12 @@ DOC_PREFIX_PATTERN = f"^[0-9a-fA-F]{{{MIN_PREFIX},{DOC_ID_LENGTH}}}$"
 JOB_ID_PATTERN = f"^[0-9a-fA-F]{{{JOB_ID_LENGTH}}}$"
 
 
-class IdError(ValueError):
-    """A typed id that cannot be one; the message says what an id looks like."""
+class IdError(UserError, ValueError):
+    """A typed id that cannot be one; the message says what an id looks like. A ValueError
+    too, so pydantic validators turn it into a 422."""
+
+    http_status = 422
+    exit_code = 2  # bad command-line usage
 
 
 def _shown(text: str) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from collections.abc import Generator as Stream
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ingest.discover import Shard
 from ingest.diskspace import DiskFullError, optimize_needs, require_free
@@ -17,30 +16,31 @@ from ingest.manifest import Manifest
 from ingest.render import RenderLimits
 from ingest.runner import IngestRunner, Progress
 from ingest.sandbox import RenderSandbox
+from rag.answer import AnswerStream
 from rag.config import SEARCH_MODES, SearchMode, Settings
+from rag.errors import UserError
 from rag.ids import IdError, doc_prefix
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
 from rag.index.text import TEXT_CHANNEL
+from rag.models.protocols import AnswerWriter, PageRetriever
 from rag.prompt import Turn, parse_citations
 from rag.types import Answer, Citation, DocumentInfo, Hit, IngestReport, SearchFilter
 from rag.writelock import Deletion, WriteLock
-
-if TYPE_CHECKING:
-    from rag.models.generator import Generator
-    from rag.models.retriever import Retriever
 
 EMBEDDING_DIM = 128
 
 log = logging.getLogger(__name__)
 
 
-class PageRAGError(Exception):
-    """A problem the user can fix; the message says how."""
+class PageRAGError(UserError):
+    """A request the service cannot carry out as asked; the message says what to change."""
 
 
 class DocumentPending(PageRAGError):
     """The document's ingestion has not completed (running, or interrupted)."""
+
+    http_status = 409
 
 
 class DeletionQueued(PageRAGError):
@@ -68,8 +68,8 @@ class PageRAG:
         self,
         settings: Settings,
         *,
-        retriever: Retriever | None = None,
-        generator: Generator | None = None,
+        retriever: PageRetriever | None = None,
+        generator: AnswerWriter | None = None,
         index: PageIndex | None = None,
     ) -> None:
         self.settings = settings
@@ -99,8 +99,9 @@ class PageRAG:
         }
 
     @property
-    def retriever(self) -> Retriever:
-        """Loaded on first use, so listing or deleting documents needs no model."""
+    def retriever(self) -> PageRetriever:
+        """Given to the constructor, or ColQwen2 loaded on first use, so listing or deleting
+        documents needs no model."""
         with self._model_lock:
             if self._retriever is None:
                 from rag.models.retriever import Retriever
@@ -236,15 +237,22 @@ class PageRAG:
 
     # -- answering ------------------------------------------------------------------------
     @property
-    def generator(self) -> Generator:
-        """Loaded on the first question, once per process; it shares the device with the
-        retriever, and `_model_lock` keeps their calls (and two generations) apart."""
+    def generator(self) -> AnswerWriter:
+        """Given to the constructor, or Qwen2-VL loaded on the first question, once per
+        process; it shares the device with the retriever, and `_model_lock` keeps their calls
+        (and two generations) apart."""
         with self._model_lock:
             if self._generator is None:
                 from rag.models.generator import Generator
 
                 self._generator = Generator.load(self.settings)
             return self._generator
+
+    @generator.setter
+    def generator(self, generator: AnswerWriter | None) -> None:
+        """Swap the writer of answers (None: load PAGERAG_GENERATOR_MODEL on the next
+        question); an answer being written keeps the one it started with."""
+        self._generator = generator
 
     def ask(
         self,
@@ -256,9 +264,7 @@ class PageRAG:
         mode: SearchMode | None = None,
     ) -> Answer:
         """The whole answer at once; the same `Answer` that `ask_stream` ends with."""
-        *_, answer = self.ask_stream(question, k, flt, history, mode=mode)
-        assert isinstance(answer, Answer)
-        return answer
+        return self.ask_stream(question, k, flt, history, mode=mode).answer
 
     def ask_stream(
         self,
@@ -268,13 +274,24 @@ class PageRAG:
         history: Sequence[Turn] = (),
         *,
         mode: SearchMode | None = None,
-    ) -> Stream[str | Answer, None, None]:
-        """Text chunks as Qwen2-VL writes them, then the `Answer`.
+    ) -> AnswerStream:
+        """Iterate for the text chunks as Qwen2-VL writes them, then read `.answer`.
 
-        `k` pages (default PAGERAG_ASK_PAGES) are retrieved and shown to the model. The model
-        lock is held while the text streams: close the iterator (or drop it) when the reader
-        goes away, and the generation stops and frees the device.
+        `k` pages (default PAGERAG_ASK_PAGES) are retrieved and shown to the model. Nothing
+        runs until the first chunk is asked for (errors surface there). The model lock is held
+        while the text streams: close the stream (or drop it) when the reader goes away, and
+        the generation stops and frees the device.
         """
+        return AnswerStream(self._answer(question, k, flt, history, mode))
+
+    def _answer(
+        self,
+        question: str,
+        k: int | None,
+        flt: SearchFilter | None,
+        history: Sequence[Turn],
+        mode: SearchMode | None,
+    ) -> Generator[str, None, Answer]:
         k = self.settings.ask_pages if k is None else k
         mode = self.search_mode(mode)  # pages are retrieved as `search(..., mode=mode)` does
         if not question.strip():
@@ -282,16 +299,14 @@ class PageRAG:
         if k < 1:
             raise PageRAGError("the number of pages must be at least 1")
         if not self.index.count(self._visible(flt)):  # answered without calling any model
-            yield self._no_pages(question, flt)
-            return
+            return self._no_pages(question, flt)
         if mode != "text":  # text search needs no retriever model
             self.retriever  # noqa: B018 - load first, so retrieval_seconds is the search alone
         started = time.perf_counter()
         hits = self.search(question, k, flt, mode)
         retrieval_seconds = time.perf_counter() - started
         if not hits:
-            yield self._no_pages(question, flt)
-            return
+            return self._no_pages(question, flt)
         generator = self.generator
         with self._model_lock:
             stream = generator.stream(question, hits, history)
@@ -302,7 +317,7 @@ class PageRAG:
         result = stream.result
         assert result is not None
         cited = parse_citations(result.text, len(hits))
-        yield Answer(
+        return Answer(
             question=question,
             text=result.text,
             citations=[_citation(hit, n, n in cited) for n, hit in enumerate(hits, 1)],
@@ -452,7 +467,7 @@ def _citation(hit: Hit, label: int, cited: bool) -> Citation:
 class _Locked:
     """Serialises page embedding with every other use of the model."""
 
-    def __init__(self, retriever: Retriever, lock: threading.Lock) -> None:
+    def __init__(self, retriever: PageRetriever, lock: threading.Lock) -> None:
         self._retriever = retriever
         self._lock = lock
 

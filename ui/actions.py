@@ -12,10 +12,10 @@ from typing import Any
 
 from ingest.runner import page_image_dir
 from rag.config import SearchMode
-from rag.errors import user_error_status
+from rag.errors import UserError
 from rag.heatmap import page_heatmaps
 from rag.server.jobs import JobManager, display_name, stage_files
-from rag.server.modelqueue import QueueFull, QueueTimeout, Ticket, WorkQueue
+from rag.server.modelqueue import Ticket, WorkQueue
 from rag.service import PageRAG
 from rag.types import Answer, Citation, SearchFilter
 
@@ -47,11 +47,7 @@ def shown(text: str) -> str:
 
 def problem(exc: BaseException) -> str | None:
     """A plain-words message for an error a user can act on; None for a bug."""
-    if isinstance(exc, QueueFull | QueueTimeout):
-        return str(exc)
-    if user_error_status(exc) is not None:
-        return str(exc)
-    return None
+    return str(exc) if isinstance(exc, UserError) else None
 
 
 def ask(
@@ -112,17 +108,16 @@ def _stream(
     """Yields the view as text arrives; returns the final `Answer`."""
     stream = service.ask_stream(question, k, flt, view.turns, mode=mode)
     try:
-        for item in stream:
-            if isinstance(item, Answer):
-                view.chat[-1] = {"role": "assistant", "content": shown(item.text)}
-                return item
-            text = view.chat[-1]["content"] + shown(item)
+        for chunk in stream:
+            text = view.chat[-1]["content"] + shown(chunk)
             view.chat[-1] = {"role": "assistant", "content": text}
             yield view
             ticket.check()
+        answer = stream.answer
     finally:
         stream.close()  # the reader left (or the deadline passed): stop generating
-    raise RuntimeError("the answer stream ended without an answer")
+    view.chat[-1] = {"role": "assistant", "content": shown(answer.text)}
+    return answer
 
 
 def _page(c: Citation) -> dict[str, Any]:

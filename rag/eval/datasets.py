@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.discover import file_sha256, sniff_kind
+from rag.errors import UserError
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset cannot be read; the message says what is wrong and where."""
+
+    exit_code = 2  # the DATASET argument is wrong
 
 
 @dataclass(frozen=True)

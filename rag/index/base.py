@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rag.errors import UserError
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
 # 2: a sparse BM25 text vector per page (rag/index/text.py) beside the visual vectors.
@@ -15,12 +16,16 @@ from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 SCHEMA_VERSION = 3
 
 
-class IndexMismatchError(RuntimeError):
+class IndexMismatchError(UserError):
     """The index on disk was built with other settings than the ones in force."""
 
+    http_status = 503  # the server is not set up right; the message names the setting
 
-class IndexUnavailableError(RuntimeError):
+
+class IndexUnavailableError(UserError):
     """The index cannot be opened or reached (locked, unreachable server, foreign data)."""
+
+    http_status = 503
 
 
 class PageIndex(Protocol):

@@ -5,36 +5,39 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Generator as Generator_
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from rag.answer import TextStream
 from rag.config import Settings
+from rag.errors import UserError
 from rag.models.device import resolve_device_dtype
 from rag.models.loading import (
     ModelLoadError,
     ModelSource,
+    ModelSpec,
     load_checkpoint,
-    load_error,
     resolve_model_source,
 )
+from rag.models.protocols import Generated
 from rag.prompt import PromptPage, Turn, build_messages
 
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import ProcessorMixin, Qwen2VLForConditionalGeneration
 
-SETTING = "PAGERAG_GENERATOR_MODEL"
-KIND = "Qwen2-VL"
+SPEC = ModelSpec(setting="PAGERAG_GENERATOR_MODEL", kind="Qwen2-VL")
 
 
-class GenerationError(RuntimeError):
+class GenerationError(UserError):
     """The pages cannot be shown to the model, or the device ran out of memory."""
+
+    http_status = 422
 
 
 class GeneratorPage(PromptPage, Protocol):
@@ -42,17 +45,6 @@ class GeneratorPage(PromptPage, Protocol):
 
     @property
     def image(self) -> str | Path | Image.Image: ...
-
-
-@dataclass(frozen=True)
-class Generated:
-    text: str
-    prompt_tokens: int  # text and image tokens
-    completion_tokens: int  # as generated, the end-of-turn token included
-    image_tokens: int  # visual tokens over all pages (bounded by the budget)
-    prepare_seconds: float  # opening images, the chat template and the processor
-    first_token_seconds: float  # from the call to the first new token (prefill included)
-    seconds: float  # the whole call
 
 
 class Generator:
@@ -94,9 +86,7 @@ class Generator:
     @classmethod
     def load(cls, settings: Settings) -> Generator:
         device, dtype = resolve_device_dtype(settings)
-        source = resolve_model_source(
-            settings.generator_model, settings.generator_revision, setting=SETTING, kind=KIND
-        )
+        source = resolve_model_source(settings.generator_model, settings.generator_revision, SPEC)
         return cls(
             _load_model(source, device, dtype),
             _load_processor(source),
@@ -209,11 +199,7 @@ class Generator:
     def answer(
         self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()
     ) -> Generated:
-        stream = self.stream(question, pages, history)
-        for _ in stream:
-            pass
-        assert stream.result is not None
-        return stream.result
+        return self.stream(question, pages, history).finish()
 
     def _generation_config(self) -> Any:
         # Start from the checkpoint's config (end-of-turn ids, repetition penalty) and override
@@ -230,7 +216,7 @@ class Generator:
         return config
 
 
-class Stream:
+class Stream(TextStream[Generated]):
     """Text chunks as the model writes them; `result` is set when the iteration ends.
 
     Leaving early (closing the iterator, or dropping it) stops the generation at the next token,
@@ -244,33 +230,26 @@ class Stream:
         stop: threading.Event,
         finish: Callable[[str], Generated],
     ) -> None:
-        self.result: Generated | None = None
-        self._streamer = streamer
         self._thread = thread
-        self._stop = stop
-        self._finish = finish
-        self._chunks = self._iterate()
+        super().__init__(_chunks(streamer, thread, stop, finish))
 
-    def __iter__(self) -> Iterator[str]:
-        return self
 
-    def __next__(self) -> str:
-        return next(self._chunks)
-
-    def close(self) -> None:
-        self._chunks.close()
-
-    def _iterate(self) -> Generator_[str, None, None]:
-        parts: list[str] = []
-        try:
-            for chunk in self._streamer:
-                if chunk:  # the streamer emits "" while a word is incomplete
-                    parts.append(chunk)
-                    yield chunk
-        finally:
-            self._stop.set()  # a no-op when generation already ended
-            self._thread.join()
-        self.result = self._finish("".join(parts))
+def _chunks(
+    streamer: _Streamer,
+    thread: threading.Thread,
+    stop: threading.Event,
+    finish: Callable[[str], Generated],
+) -> Generator_[str, None, Generated]:
+    parts: list[str] = []
+    try:
+        for chunk in streamer:
+            if chunk:  # the streamer emits "" while a word is incomplete
+                parts.append(chunk)
+                yield chunk
+    finally:
+        stop.set()  # a no-op when generation already ended
+        thread.join()
+    return finish("".join(parts))
 
 
 class _Streamer(TextIteratorStreamer):
@@ -325,11 +304,9 @@ def _load_model(
     from transformers import Qwen2VLForConditionalGeneration
 
     if source.is_adapter:
-        raise load_error(
+        raise SPEC.error(
             source.model_id,
             "it is a PEFT adapter; merge it into its base model and point to the result",
-            setting=SETTING,
-            kind=KIND,
         )
     # A ColQwen2 (or other embedding) checkpoint would load too, with a random LM head.
     return load_checkpoint(
@@ -337,10 +314,9 @@ def _load_model(
         source,
         device,
         dtype,
+        SPEC,
         required="lm_head",
         what="Qwen2-VL generation",
-        setting=SETTING,
-        kind=KIND,
     )
 
 
@@ -350,17 +326,13 @@ def _load_processor(source: ModelSource) -> ProcessorMixin:
     try:
         processor = AutoProcessor.from_pretrained(str(source.path))
     except (OSError, ValueError, TypeError) as exc:
-        raise load_error(
-            source.model_id, f"its processor does not load: {exc}", setting=SETTING, kind=KIND
-        ) from exc
+        raise SPEC.error(source.model_id, f"its processor does not load: {exc}") from exc
     if not getattr(processor, "image_processor", None) or not getattr(
         processor, "chat_template", None
     ):
-        raise load_error(
+        raise SPEC.error(
             source.model_id,
             "its processor has no image processor or chat template (use an -Instruct checkpoint)",
-            setting=SETTING,
-            kind=KIND,
         )
     return processor
 

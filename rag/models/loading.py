@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rag.errors import UserError
+
 # Enough to load weights, config, tokenizer and processor; never pickles (*.bin) nor other formats.
 HUB_FILE_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken")
 CONFIG_FILE = "config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A model could not be found or loaded; the message says which setting to change."""
+
+    http_status = 503
 
     def __init__(self, message: str, *, model_id: str = "", reason: str = "") -> None:
         super().__init__(message)
@@ -45,14 +49,21 @@ class ModelSource:
         return json.loads((self.path / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
 
 
-def load_error(model_id: str, reason: str, *, setting: str, kind: str) -> ModelLoadError:
-    return ModelLoadError(
-        f"Cannot load the {kind} model '{model_id}': {reason}. Set {setting} to a local "
-        f"directory containing a {kind} checkpoint, or connect to the internet once so it "
-        "can be downloaded from the Hugging Face Hub.",
-        model_id=model_id,
-        reason=reason,
-    )
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a loader is after, as its errors name it."""
+
+    setting: str  # the environment variable that chooses the model, e.g. PAGERAG_RETRIEVER_MODEL
+    kind: str  # a short description, e.g. "ColQwen2"
+
+    def error(self, model_id: str, reason: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"Cannot load the {self.kind} model '{model_id}': {reason}. Set {self.setting} to a "
+            f"local directory containing a {self.kind} checkpoint, or connect to the internet "
+            "once so it can be downloaded from the Hugging Face Hub.",
+            model_id=model_id,
+            reason=reason,
+        )
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -65,37 +76,26 @@ def _looks_like_path(model_id: str) -> bool:
     )
 
 
-def resolve_model_source(
-    model_id: str, revision: str | None = None, *, setting: str, kind: str
-) -> ModelSource:
-    """Find `model_id` on disk, downloading it from the Hub (or using the Hub cache) if needed.
-
-    `setting` is the environment variable that chose the model (named in errors), `kind` a short
-    description such as "ColQwen2".
-    """
+def resolve_model_source(model_id: str, revision: str | None, spec: ModelSpec) -> ModelSource:
+    """Find `model_id` on disk, downloading it from the Hub (or using the Hub cache) if needed."""
     local = Path(model_id).expanduser()
     if local.exists() or _looks_like_path(model_id):
         if not local.is_dir():
-            raise load_error(
-                model_id, f"the local directory {local} does not exist", setting=setting, kind=kind
-            )
+            raise spec.error(model_id, f"the local directory {local} does not exist")
         source = ModelSource(model_id=model_id, path=local.resolve(), revision=revision)
     else:
-        source = _from_hub(model_id, revision, setting=setting, kind=kind)
+        source = _from_hub(model_id, revision, spec)
     if (
         not (source.path / CONFIG_FILE).is_file()
         and not (source.path / ADAPTER_CONFIG_FILE).is_file()
     ):
-        raise load_error(
-            model_id,
-            f"{source.path} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}",
-            setting=setting,
-            kind=kind,
+        raise spec.error(
+            model_id, f"{source.path} has neither {CONFIG_FILE} nor {ADAPTER_CONFIG_FILE}"
         )
     return source
 
 
-def _from_hub(model_id: str, revision: str | None, *, setting: str, kind: str) -> ModelSource:
+def _from_hub(model_id: str, revision: str | None, spec: ModelSpec) -> ModelSource:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
     from huggingface_hub.utils import validate_repo_id
@@ -104,7 +104,7 @@ def _from_hub(model_id: str, revision: str | None, *, setting: str, kind: str) -
         validate_repo_id(model_id)
     except HFValidationError as exc:
         reason = "it is neither an existing local directory nor a Hugging Face Hub id"
-        raise load_error(model_id, reason, setting=setting, kind=kind) from exc
+        raise spec.error(model_id, reason) from exc
     try:
         path = snapshot_download(model_id, revision=revision, allow_patterns=[*HUB_FILE_PATTERNS])
     except Exception as exc:  # offline, unreachable, not found, gated: one fix for all
@@ -119,7 +119,7 @@ def _from_hub(model_id: str, revision: str | None, *, setting: str, kind: str) -
             reason = f"{cause} and it is not in the Hugging Face cache"
         else:
             reason = f"{type(exc).__name__}: {detail}"
-        raise load_error(model_id, reason, setting=setting, kind=kind) from exc
+        raise spec.error(model_id, reason) from exc
     # The cache lays snapshots out as .../snapshots/<commit hash>.
     return ModelSource(model_id=model_id, path=Path(path), revision=Path(path).name)
 
@@ -129,11 +129,10 @@ def load_checkpoint(
     source: ModelSource,
     device: Any,
     dtype: Any,
+    spec: ModelSpec,
     *,
     required: str,
     what: str,
-    setting: str,
-    kind: str,
 ) -> Any:
     """`model_class.from_pretrained` on `source`, refusing a checkpoint that lacks the
     `required` weights: transformers would load it anyway, with those layers random."""
@@ -142,12 +141,7 @@ def load_checkpoint(
             str(source.path), dtype=dtype, device_map=str(device), output_loading_info=True
         )
     except (OSError, ValueError) as exc:
-        raise load_error(source.model_id, str(exc), setting=setting, kind=kind) from exc
+        raise spec.error(source.model_id, str(exc)) from exc
     if any(k.startswith(required) for k in info.get("missing_keys", ())):
-        raise load_error(
-            source.model_id,
-            f"it is not a {what} checkpoint (no {required} weights)",
-            setting=setting,
-            kind=kind,
-        )
+        raise spec.error(source.model_id, f"it is not a {what} checkpoint (no {required} weights)")
     return model.eval()

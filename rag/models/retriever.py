@@ -14,8 +14,8 @@ from rag.models.device import resolve_device_dtype
 from rag.models.loading import (
     ModelLoadError,
     ModelSource,
+    ModelSpec,
     load_checkpoint,
-    load_error,
     resolve_model_source,
 )
 from rag.types import PageEmbedding
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from colpali_engine.models import ColQwen2, ColQwen2Processor
     from PIL import Image
 
-SETTING = "PAGERAG_RETRIEVER_MODEL"
-KIND = "ColQwen2"
+SPEC = ModelSpec(setting="PAGERAG_RETRIEVER_MODEL", kind="ColQwen2")
 
 
 class EmbeddingError(RuntimeError):
@@ -61,9 +60,7 @@ class Retriever:
     def load(cls, settings: Settings) -> Retriever:
         """Load `settings.retriever_model`: a full checkpoint or a PEFT adapter over its base."""
         device, dtype = resolve_device_dtype(settings)
-        source = resolve_model_source(
-            settings.retriever_model, settings.retriever_revision, setting=SETTING, kind=KIND
-        )
+        source = resolve_model_source(settings.retriever_model, settings.retriever_revision, SPEC)
         model, processor_source = _load_model(source, device, dtype)
         processor = _load_processor(processor_source, source.model_id, settings.max_visual_tokens)
         return cls(
@@ -167,26 +164,21 @@ def _load_model(
     adapter = source.adapter_config()
     base_id = adapter.get("base_model_name_or_path")
     if not base_id:
-        raise load_error(
-            source.model_id,
-            "its adapter_config.json does not name a base_model_name_or_path",
-            setting=SETTING,
-            kind=KIND,
+        raise SPEC.error(
+            source.model_id, "its adapter_config.json does not name a base_model_name_or_path"
         )
     try:
-        base = resolve_model_source(base_id, adapter.get("revision"), setting=SETTING, kind=KIND)
+        base = resolve_model_source(base_id, adapter.get("revision"), SPEC)
     except ModelLoadError as exc:
         reason = f"its base model '{base_id}' (from adapter_config.json) is missing: {exc.reason}"
-        raise load_error(source.model_id, reason, setting=SETTING, kind=KIND) from exc
+        raise SPEC.error(source.model_id, reason) from exc
     model = _from_pretrained(base, device, dtype)
     try:
         with warnings.catch_warnings():  # peft calls an API transformers 5 deprecated
             warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
             model = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise load_error(
-            source.model_id, f"its PEFT adapter does not apply: {exc}", setting=SETTING, kind=KIND
-        ) from exc
+        raise SPEC.error(source.model_id, f"its PEFT adapter does not apply: {exc}") from exc
     # vidore ships the processor with the adapter; fall back to the base's if it is not there.
     processor_source = source if (source.path / "tokenizer_config.json").is_file() else base
     return model.eval(), processor_source
@@ -201,10 +193,9 @@ def _from_pretrained(source: ModelSource, device: torch.device, dtype: torch.dty
         source,
         device,
         dtype,
+        SPEC,
         required="custom_text_proj",
         what="ColQwen2",
-        setting=SETTING,
-        kind=KIND,
     )
 
 
@@ -218,9 +209,7 @@ def _load_processor(
             str(source.path), max_num_visual_tokens=max_visual_tokens
         )
     except (OSError, ValueError, TypeError) as exc:
-        raise load_error(
-            model_id, f"its processor does not load: {exc}", setting=SETTING, kind=KIND
-        ) from exc
+        raise SPEC.error(model_id, f"its processor does not load: {exc}") from exc
     image_processor = processor.image_processor
     # colpali-engine also sets the `max_pixels` attribute, which transformers 5 forwards on every
     # call with a FutureWarning; `size["longest_edge"]` already carries the same limit.

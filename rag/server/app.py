@@ -20,16 +20,12 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
 from rag.config import Settings
-from rag.errors import user_error_status
-from rag.heatmap import HeatmapError
-from rag.index.base import IndexMismatchError, IndexUnavailableError
-from rag.models.generator import GenerationError
-from rag.models.loading import ModelLoadError
+from rag.errors import UserError
 from rag.server.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard, key_matches
 from rag.server.jobs import JobManager
-from rag.server.modelqueue import QueueFull, QueueTimeout, WorkQueue
+from rag.server.modelqueue import WorkQueue
 from rag.server.routes import router
-from rag.service import PageRAG, PageRAGError
+from rag.service import PageRAG
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +154,7 @@ def _drop_security(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("401", None)
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def _load_models(service: PageRAG, readiness: Readiness) -> None:
@@ -194,19 +190,10 @@ def _add_health(app: FastAPI) -> None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    async def busy(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, QueueFull)
-        return JSONResponse(
-            {"detail": str(exc)},
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            headers={"Retry-After": str(exc.retry_after)},
-        )
-
-    async def late(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_504_GATEWAY_TIMEOUT)
-
     async def known(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, user_error_status(exc) or 500)
+        # A UserError carries its own status (429 busy, 504 late, 503 not set up, ...).
+        assert isinstance(exc, UserError)
+        return JSONResponse({"detail": str(exc)}, exc.http_status, headers=exc.headers())
 
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         # Logged in full; the client learns nothing internal. The process carries on.
@@ -216,17 +203,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
 
-    app.add_exception_handler(QueueFull, busy)
-    app.add_exception_handler(QueueTimeout, late)
-    for cls in (
-        PageRAGError,
-        HeatmapError,
-        GenerationError,
-        ModelLoadError,
-        IndexMismatchError,
-        IndexUnavailableError,
-    ):
-        app.add_exception_handler(cls, known)
+    app.add_exception_handler(UserError, known)
     app.add_exception_handler(Exception, bug)
 
 
@@ -280,13 +257,15 @@ def _mount_ui(
     # tested in tests/ui/test_event_files.py). The guard's own check comes first; this is the
     # second line.
     blocks.has_launched = True
+    # Gradio's own app (its login tokens) is the app of the mount at "" (routes are typed
+    # BaseRoute, which has no `.app`).
     [ui_app] = [r.app for r in app.routes if getattr(r, "path", None) == ""]  # type: ignore[attr-defined]
 
     def logged_in(jar: dict[str, str]) -> bool:
-        cookie_id = ui_app.cookie_id  # type: ignore[attr-defined]
+        cookie_id = ui_app.cookie_id
         token = jar.get(f"access-token-{cookie_id}") or jar.get(
             f"access-token-unsecure-{cookie_id}"
         )
-        return token is not None and token in ui_app.tokens  # type: ignore[attr-defined]
+        return token is not None and token in ui_app.tokens
 
     return logged_in

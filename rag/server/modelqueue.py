@@ -21,9 +21,13 @@ from collections import deque
 from types import TracebackType
 from typing import Any
 
+from rag.errors import UserError
 
-class QueueFull(Exception):
+
+class QueueFull(UserError):
     """Too many requests are already waiting for the model."""
+
+    http_status = 429
 
     def __init__(
         self, retry_after: int, waiting: int, what: str = "requests are waiting for the model"
@@ -31,9 +35,14 @@ class QueueFull(Exception):
         super().__init__(f"the server is busy ({waiting} {what}); try again in {retry_after} s")
         self.retry_after = retry_after
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
-class QueueTimeout(Exception):
+
+class QueueTimeout(UserError):
     """A request passed its deadline, waiting for the model or while the model worked."""
+
+    http_status = 504
 
     def __init__(self, seconds: float) -> None:
         super().__init__(

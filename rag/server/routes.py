@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ingest.runner import page_image_dir
+from rag.answer import AnswerStream
 from rag.errors import user_error_status
 from rag.heatmap import page_heatmap
 from rag.server.deps import (
@@ -35,7 +36,7 @@ from rag.server.deps import (
     require_key,
 )
 from rag.server.jobs import display_name, stage_files
-from rag.server.modelqueue import QueueTimeout, Ticket
+from rag.server.modelqueue import Ticket
 from rag.server.schemas import (
     AnswerOut,
     AskIn,
@@ -103,9 +104,9 @@ async def ask(body: AskIn, request: Request, service: ServiceDep, work: WorkDep)
         return answer_out(request, answer)
     try:
         stream = service.ask_stream(body.question, body.top_k, flt, body.turns(), mode=body.mode)
-        # The first item (retrieval, then the first words) is awaited before answering, so
-        # errors up to there still get a proper HTTP status instead of an event.
-        first = await run_in_threadpool(next, stream)
+        # The first words (after retrieval; None when the answer has no text to stream) are
+        # awaited before answering, so errors up to there still get a proper HTTP status.
+        first = await run_in_threadpool(next, stream, None)
     except BaseException:
         ticket.release()
         raise
@@ -119,16 +120,11 @@ async def ask(body: AskIn, request: Request, service: ServiceDep, work: WorkDep)
 def _answer(service: PageRAG, ticket: Ticket, body: AskIn, flt: SearchFilter | None) -> Answer:
     stream = service.ask_stream(body.question, body.top_k, flt, body.turns(), mode=body.mode)
     try:
-        for item in stream:
-            if isinstance(item, Answer):
-                return item
+        for _ in stream:
             ticket.check()  # past the deadline: closing the stream stops the generation
+        return stream.answer
     finally:
         stream.close()
-    raise RuntimeError("the answer stream ended without an answer")
-
-
-_END = object()
 
 
 def _sse(event: str, data: Any) -> str:
@@ -136,19 +132,17 @@ def _sse(event: str, data: Any) -> str:
 
 
 async def _events(
-    request: Request, stream: Iterator[str | Answer], first: str | Answer, ticket: Ticket
+    request: Request, stream: AnswerStream, first: str | None, ticket: Ticket
 ) -> AsyncIterator[str]:
-    item: object = first
+    chunk = first
     try:
-        while item is not _END:
-            if isinstance(item, Answer):
-                yield _sse("answer", answer_out(request, item).model_dump())
-            else:
-                yield _sse("token", {"text": item})
+        while chunk is not None:
+            yield _sse("token", {"text": chunk})
             ticket.check()
-            item = await run_in_threadpool(next, stream, _END)
+            chunk = await run_in_threadpool(next, stream, None)
+        yield _sse("answer", answer_out(request, stream.answer).model_dump())  # the stream ended
     except Exception as exc:  # headers are sent: the error can only be an event now
-        code = 504 if isinstance(exc, QueueTimeout) else user_error_status(exc)
+        code = user_error_status(exc)
         if code is None:
             log.exception("streaming an answer failed")
             code, detail = 500, "internal error while answering; see the server log"
@@ -159,7 +153,7 @@ async def _events(
         # A client that went away cancels this task: finish the clean-up regardless, so the
         # generation stops and the model is free for the next request.
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(getattr(stream, "close", lambda: None))
+            await run_in_threadpool(stream.close)
         ticket.release()
 
 

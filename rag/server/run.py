@@ -29,6 +29,7 @@ class TimedH11Protocol(H11Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
 
+    # uvicorn narrows BaseTransport to Transport itself, with the same ignore.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,13 @@ from typer.testing import CliRunner
 
 from rag.cli import EXIT_CONFIG, app
 from rag.config import Settings
-from rag.models.generator import Generated, Generator
+from rag.models.generator import Generator
 from rag.models.loading import ModelLoadError
 from rag.prompt import parse_citations
 from rag.service import PageRAG, PageRAGError
 from rag.types import Answer, SearchFilter
 from tests.pdfs import make_pdf
+from tests.scripted import ScriptedGenerator
 
 runner = CliRunner()
 
@@ -67,45 +67,14 @@ def service(indexed: PageRAG, tiny_generator: Generator) -> PageRAG:
     # tests replace it freely.
     generator = copy.copy(tiny_generator)
     generator.temperature, generator.min_new_tokens, generator.max_new_tokens = 1.0, 24, 24
-    indexed._generator = generator
+    indexed.generator = generator
     return indexed
-
-
-class ScriptedStream:
-    """Stands in for `Generator.stream`: fixed chunks, and the service's lock state seen."""
-
-    def __init__(self, chunks: Sequence[str], log: list[str], delay: float = 0.0) -> None:
-        self.chunks, self.log, self.delay = chunks, log, delay
-        self.result: Generated | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        self.log.append("start")
-        for chunk in self.chunks:
-            time.sleep(self.delay)
-            yield chunk
-        self.log.append("end")
-        text = "".join(self.chunks)
-        self.result = Generated(text, 100, len(self.chunks), 80, 0.01, 0.02, 0.05)
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedGenerator:
-    def __init__(self, *chunks: str, delay: float = 0.0) -> None:
-        self.chunks, self.delay = chunks, delay
-        self.log: list[str] = []
-        self.calls: list[tuple[str, list, tuple]] = []
-
-    def stream(self, question: str, pages: Sequence, history: Sequence = ()) -> ScriptedStream:
-        self.calls.append((question, list(pages), tuple(history)))
-        return ScriptedStream(self.chunks, self.log, self.delay)
 
 
 def test_ask_stream_yields_text_then_the_answer(service: PageRAG) -> None:
     torch.manual_seed(0)
-    items = list(service.ask_stream("What was the total in 2015?"))
-    *chunks, answer = items
+    stream = service.ask_stream("What was the total in 2015?")
+    chunks, answer = list(stream), stream.answer
     assert isinstance(answer, Answer) and all(isinstance(c, str) for c in chunks)
     assert len(chunks) >= 2 and "".join(chunks) == answer.text
     assert answer.question == "What was the total in 2015?"
@@ -123,8 +92,8 @@ def test_ask_stream_yields_text_then_the_answer(service: PageRAG) -> None:
 
 
 def test_ask_returns_the_same_answer_as_the_stream(service: PageRAG) -> None:
-    service._generator.temperature = 0.0  # greedy: both runs write the same text
-    streamed = list(service.ask_stream("Costs?", k=2))[-1]
+    service.generator.temperature = 0.0  # greedy: both runs write the same text
+    streamed = service.ask_stream("Costs?", k=2).answer
     answer = service.ask("Costs?", k=2)
     assert isinstance(streamed, Answer)
     assert (answer.text, answer.citations) == (streamed.text, streamed.citations)
@@ -132,32 +101,32 @@ def test_ask_returns_the_same_answer_as_the_stream(service: PageRAG) -> None:
 
 
 def test_cited_labels_are_mapped_back_to_pages(service: PageRAG) -> None:
-    service._generator = ScriptedGenerator("The total is 12 [2]", " and [9] ", "[1, 3].")
+    service.generator = generator = ScriptedGenerator("The total is 12 [2]", " and [9] ", "[1, 3].")
     history = [("Which report?", "report.pdf [1].")]
     answer = service.ask("Total?", k=4, history=history)
     assert answer.text == "The total is 12 [2] and [9] [1, 3]."
     assert [c.cited for c in answer.citations] == [True, True, True, False]  # [9] is not a page
-    [(question, pages, passed_history)] = service._generator.calls
+    [(question, pages, passed_history)] = generator.calls
     assert question == "Total?" and passed_history == tuple(history)
     assert [(p.doc_id, p.page) for p in pages] == [(c.doc_id, c.page) for c in answer.citations]
     assert (answer.prompt_tokens, answer.completion_tokens) == (100, 3)
 
 
 def test_an_answer_without_labels_still_lists_its_pages(service: PageRAG) -> None:
-    service._generator = ScriptedGenerator("The pages do not say.")
+    service.generator = ScriptedGenerator("The pages do not say.")
     answer = service.ask("Who won?", k=2)
     assert len(answer.citations) == 2 and not any(c.cited for c in answer.citations)
 
 
 def test_a_filter_is_applied_to_the_pages_shown(service: PageRAG) -> None:
-    service._generator = ScriptedGenerator("ok")
+    service.generator = ScriptedGenerator("ok")
     [doc] = [d for d in service.documents() if d.source == "other.pdf"]
     answer = service.ask("Budget?", k=5, flt=SearchFilter(doc_ids=(doc.doc_id,)))
     assert {c.source for c in answer.citations} == {"other.pdf"} and len(answer.citations) == 2
 
 
 def test_generation_holds_the_model_lock(service: PageRAG) -> None:
-    service._generator = ScriptedGenerator("a ", "b ", "c")
+    service.generator = ScriptedGenerator("a ", "b ", "c")
     stream = service.ask_stream("q")
     assert next(stream) == "a "
     assert service._model_lock.locked()  # mid-answer: no other model call can start
@@ -166,8 +135,7 @@ def test_generation_holds_the_model_lock(service: PageRAG) -> None:
 
 
 def test_two_questions_never_generate_at_once(service: PageRAG) -> None:
-    generator = ScriptedGenerator("a ", "b ", "c", delay=0.05)
-    service._generator = generator
+    service.generator = generator = ScriptedGenerator("a ", "b ", "c", delay=0.05)
     threads = [threading.Thread(target=service.ask, args=(f"q{i}",)) for i in range(2)]
     for t in threads:
         t.start()
@@ -190,7 +158,8 @@ def test_no_pages_answers_without_any_model(tmp_path: Path) -> None:
     try:
         answer = svc.ask("What was the total?")
         assert "Nothing is indexed" in answer.text and answer.citations == []
-        *chunks, streamed = svc.ask_stream("What was the total?")
+        stream = svc.ask_stream("What was the total?")
+        chunks, streamed = list(stream), stream.answer
         assert chunks == [] and streamed == answer
         assert svc._generator is None and svc._retriever is None
     finally:
@@ -200,7 +169,7 @@ def test_no_pages_answers_without_any_model(tmp_path: Path) -> None:
 def test_a_filter_that_leaves_no_page_answers_without_the_generator(
     service: PageRAG, tmp_path: Path
 ) -> None:
-    service._generator = None  # the generator model path does not exist
+    service.generator = None  # load it on the next question: its model path does not exist
     answer = service.ask("q", flt=SearchFilter(tags=("no-such-tag",)))
     assert "No indexed page matches the filter" in answer.text and answer.citations == []
     assert service._generator is None

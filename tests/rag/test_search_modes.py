@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from rag.index.base import IndexMismatchError
 from rag.models.loading import ModelLoadError
 from rag.service import PageRAG, PageRAGError
 from rag.types import PageEmbedding, PageRecord, SearchFilter
+from tests.scripted import ScriptedGenerator
 
 runner = CliRunner()
 TEXTS = ["Zanzibar clove harvest notice", "Quarterly revenue table", ""]  # page 3: a scan
@@ -81,38 +81,11 @@ def test_default_mode_comes_from_the_settings(service: PageRAG) -> None:
         service.search("revenue", 2, mode="fuzzy")  # type: ignore[arg-type]
 
 
-class Generator:
-    """Stands in for Qwen2-VL: answers from the pages it is given, records them."""
-
-    def __init__(self) -> None:
-        self.pages: list = []
-
-    def stream(self, question: str, hits: list, history: object = ()) -> Iterator[str]:
-        self.pages = hits
-        stream = _Stream(f"From {hits[0].source} [1].")
-        return stream
-
-
-class _Stream:
-    def __init__(self, text: str) -> None:
-        self.text, self.result = text, None
-
-    def __iter__(self) -> Iterator[str]:
-        yield self.text
-        self.result = SimpleNamespace(
-            text=self.text, seconds=0.01, prompt_tokens=5, completion_tokens=3
-        )
-
-    def close(self) -> None:
-        pass
-
-
 def test_ask_in_text_mode_needs_no_retriever(service: PageRAG) -> None:
-    generator = Generator()
-    service._generator = generator  # type: ignore[assignment]
+    service.generator = generator = ScriptedGenerator("From the first page [1].")
     answer = service.ask("clove harvest", k=2, mode="text")
     assert [(c.source, c.page) for c in answer.citations] == [
-        (h.source, h.page) for h in generator.pages
+        (h.source, h.page) for h in generator.calls[0][1]
     ]
     assert {c.page for c in answer.citations} == {1} and answer.citations[0].cited
     assert service._retriever is None

@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,34 +59,6 @@ def chromium_path() -> str | None:
     return None
 
 
-class PacedGenerator:
-    """The tiny generator, its text chunks handed out a little apart, so a browser polling the
-    page can see the answer grow (the tiny model writes a whole answer in milliseconds)."""
-
-    def __init__(self, inner: Any, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-
-    def stream(self, question: str, pages: Sequence[Any], history: Sequence[Any] = ()) -> Any:
-        return PacedStream(self.inner.stream(question, pages, history), self.delay)
-
-
-class PacedStream:
-    def __init__(self, inner: Any, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-
-    @property
-    def result(self) -> Any:
-        return self.inner.result
-
-    def __iter__(self) -> Iterator[str]:
-        for chunk in self.inner:
-            time.sleep(self.delay)
-            yield chunk
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = chromium_path()
@@ -111,7 +83,9 @@ def service(
         new_tokens=24,
         max_visual_tokens=64,  # a finer patch grid: the similarity map shows more detail
     )
-    svc._generator = PacedGenerator(svc._generator, delay=0.15)  # type: ignore[assignment]
+    # The tiny model writes a whole answer in milliseconds: its chunks are handed out a little
+    # apart, so a browser polling the page can see the answer grow.
+    svc.generator = ScriptedGenerator(inner=svc.generator, delay=0.15)
     yield svc
     svc.close()
 
@@ -230,8 +204,8 @@ def test_answers_render_as_plain_text_and_load_nothing(
         f"[click]({evil}/link) <script>fetch('{evil}/js')</script>",
     ]
     service.ingest([make_pdf(tmp_path / "in" / "plain.pdf", ["Plain text only"])])
-    original = service._generator
-    service._generator = ScriptedGenerator(answer)  # type: ignore[assignment]
+    original = service.generator
+    service.generator = ScriptedGenerator(*answer)
     try:
         with running_server(create_app(service)) as url:
             page = browser.new_page()
@@ -255,6 +229,6 @@ def test_answers_render_as_plain_text_and_load_nothing(
             page.wait_for_timeout(500)  # time for any stray request to show
             page.close()
     finally:
-        service._generator = original
+        service.generator = original
         listener.shutdown()
     assert not [u for u in requested if u.startswith(evil)] and hits == []

@@ -33,7 +33,7 @@ def service(
     svc = make_serving_service(
         "plain",
     )
-    svc._generator = ScriptedGenerator(HOSTILE_ANSWER)  # type: ignore[assignment]
+    svc.generator = ScriptedGenerator(*HOSTILE_ANSWER)
     svc.ingest([make_library(tmp_path_factory.mktemp("plain-library"))])
     yield svc
     svc.close()
