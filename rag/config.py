@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # One GPU serves everybody: model work runs one request at a time, at most `queue_size`
     # more wait (then 429), and none waits or runs past `request_timeout` seconds (then 504).
     queue_size: int = Field(default=16, ge=0)
+    # Web UI sessions (browser tabs, API callers of the UI's events) whose state Gradio keeps in
+    # memory; older ones are dropped first. Each keeps the components its events updated (the
+    # library listing among them), so this bounds the server's memory (docs/RELIABILITY.md).
+    ui_sessions: int = Field(default=200, ge=1)
     request_timeout: float = Field(default=120.0, gt=0)
 
     # Qdrant: embedded Qdrant Edge unless a server URL is given.

@@ -61,6 +61,9 @@ def build_ui(
     # Gradio's own queue lets every model event through to the service's shared line, which
     # decides (for the UI and the API alike) who waits and who is turned away.
     demo.queue(default_concurrency_limit=settings.queue_size + 1)
+    # Gradio keeps every session's updated components (10,000 sessions by default; a launch()
+    # argument, read from the Blocks when they are mounted): a bound on the server's memory.
+    demo.state_session_capacity = settings.ui_sessions
     return demo
 
 

@@ -203,3 +203,17 @@ def test_the_mounted_ui_has_gradio_path_checks_on(service: PageRAG) -> None:
     app = create_app(service, warm_up=False)
     [mount] = [r for r in app.routes if getattr(r, "path", None) == ""]
     assert mount.app.get_blocks().has_launched  # type: ignore[attr-defined]
+
+
+def test_the_ui_keeps_a_bounded_number_of_sessions(
+    make_serving_service: Callable[..., PageRAG],
+) -> None:
+    # Gradio keeps each session's updated components (the library listing among them): 10,000
+    # sessions by default, which grew the server by ~0.4 MiB an upload in the soak.
+    svc = make_serving_service("ui-sessions", ui_sessions=7)
+    try:
+        app = create_app(svc, warm_up=False)
+        [mount] = [r for r in app.routes if getattr(r, "path", None) == ""]
+        assert mount.app.state_holder.capacity == 7  # type: ignore[attr-defined]
+    finally:
+        svc.close()
