@@ -134,7 +134,7 @@ def test_dockerfile_ports_health_and_user() -> None:
     assert words["EXPOSE"].split()[0] == port
     health = words["HEALTHCHECK"]
     assert f"127.0.0.1:{port}/healthz" in health
-    api = (ROOT / "rag" / "api.py").read_text()
+    api = (ROOT / "rag" / "server" / "app.py").read_text()
     assert re.search(r'\.get\(\s*"/healthz"', api), "the API no longer serves /healthz"
     compose_ports = yaml.safe_load(COMPOSE.read_text())["services"]["app"]["ports"]
     assert any(p.split(":")[-1] == port for p in compose_ports)

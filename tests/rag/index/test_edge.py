@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rag.index import EdgeIndex
+from rag.index.base import IndexUnavailableError
 from rag.index.schema import DIM
 from rag.types import PageEmbedding, PageRecord, SearchFilter
 
@@ -28,7 +29,7 @@ def big_corpus(n_pages: int, rows: int, seed: int = 0):
 
 def test_second_open_fails_clearly(tmp_path: Path) -> None:
     with EdgeIndex(tmp_path) as index:
-        with pytest.raises(RuntimeError, match="another PageRAG process"):
+        with pytest.raises(IndexUnavailableError, match="another PageRAG process"):
             EdgeIndex(tmp_path)
         assert index.count() == 0
         assert set(index._shard.info().payload_schema) == {
