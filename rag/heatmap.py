@@ -10,7 +10,7 @@ and laid over the page image. Everything comes from the index: no page is embedd
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from rag.errors import UserError
-from rag.types import Hit, SearchFilter
+from rag.index.schema import storage_rows
+from rag.types import Hit
 
 if TYPE_CHECKING:
     from rag.service import PageRAG
@@ -93,9 +94,13 @@ def _ramp(level: np.ndarray) -> np.ndarray:
     return _STOPS[low] * (1 - t) + _STOPS[low + 1] * t
 
 
-def hit_heatmap(service: PageRAG, query: np.ndarray, hit: Hit) -> Heatmap:
-    """The map of an already-embedded question over a page found by search."""
-    vectors = service.index.page_vectors(hit.doc_id, hit.page)
+def hit_heatmap(
+    service: PageRAG, query: np.ndarray, hit: Hit, vectors: np.ndarray | None = None
+) -> Heatmap:
+    """The map of an already-embedded question over a page found by search (`vectors`: its
+    stored multivector, when the caller has it already)."""
+    if vectors is None:
+        vectors = service.index.page_vectors(hit.doc_id, hit.page)
     if vectors is None:
         raise HeatmapError(f"page {hit.page} of {hit.doc_id[:12]} is not in the index")
     rel = relevance(similarity_maps(query, vectors, hit.grid, hit.image_offset))
@@ -111,23 +116,24 @@ def page_heatmaps(
     service: PageRAG, question: str, pages: Sequence[tuple[str, int]]
 ) -> list[Heatmap]:
     """Maps of `question` over stored pages, given as (full document id, page number); the
-    question is embedded once."""
-    wanted: dict[str, set[int]] = {}
+    question is embedded once, after every page is found (a wrong page costs no model call)."""
+    stored = []
     for doc_id, page in pages:
-        wanted.setdefault(doc_id, set()).add(page)
-    stored = {doc_id: service.index.page_ids(doc_id) for doc_id in wanted}
-    for doc_id, page in pages:
-        if page not in stored[doc_id]:
+        hit = service.index.page(doc_id, page)
+        vectors = service.index.page_vectors(doc_id, page)
+        if hit is None or vectors is None:
             raise HeatmapError(f"document {doc_id[:12]} has no page {page}")
+        stored.append((hit, vectors))
     query = service.embed_query(question)
-    # Each page's payload (grid, image offset, image path) and score come from an exact search
-    # restricted to its document: the index protocol has no payload lookup of its own.
-    found: dict[tuple[str, int], Hit] = {}
-    for doc_id in wanted:
-        flt = SearchFilter(doc_ids=(doc_id,))
-        for hit in service.index.search_exact(query, len(stored[doc_id]), flt):
-            found[(hit.doc_id, hit.page)] = hit
-    return [hit_heatmap(service, query, found[key]) for key in pages]
+    # The score visual search gives the page: exact MaxSim of the float16-rounded query over
+    # the stored rows, as the index computes it (one page: one product, no query needed).
+    rounded = storage_rows(query)
+    return [
+        hit_heatmap(
+            service, query, replace(hit, score=float((rounded @ rows.T).max(1).sum())), rows
+        )
+        for hit, rows in stored
+    ]
 
 
 def page_heatmap(service: PageRAG, question: str, doc_id: str, page: int) -> Heatmap:

@@ -161,9 +161,8 @@ class PageRAG:
             report = self._runner(on_progress).run(
                 list(paths), tags, sources=sources, passwords=passwords, shard=shard
             )
-            optimize = getattr(self.index, "optimize", None)
-            if report.indexed_pages and callable(optimize) and self._can_optimize():
-                optimize()
+            if report.indexed_pages and self._can_optimize():
+                self.index.optimize()
             return report
 
     def _can_optimize(self) -> bool:

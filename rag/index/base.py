@@ -90,6 +90,17 @@ class PageIndex(Protocol):
         """The stored multivector of one page (float32), for similarity maps."""
         ...
 
+    def page(self, doc_id: str, page: int) -> Hit | None:
+        """One stored page's payload (source, image, patch grid ...) as a `Hit` with score 0,
+        or None if it is not stored."""
+        ...
+
+    def optimize(self) -> bool:
+        """Make search fast after a large ingest (Qdrant Edge merges segments and builds the
+        prefetch's HNSW graph; a server optimises by itself). True if anything changed;
+        search is correct either way."""
+        ...
+
     def bytes_on_disk(self) -> int: ...
 
     def flush(self) -> None: ...

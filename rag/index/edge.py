@@ -433,6 +433,10 @@ class EdgeIndex:
             if offset is None:
                 return sorted(pages)
 
+    def page(self, doc_id: str, page: int) -> Hit | None:
+        found = self._shard.retrieve([schema.point_id(doc_id, page)], True, False)
+        return schema.payload_to_hit(found[0].payload or {}, 0.0) if found else None
+
     def page_vectors(self, doc_id: str, page: int) -> np.ndarray | None:
         # retrieve() needs with_payload although the stubs mark it optional (qdrant-edge 0.9).
         found = self._shard.retrieve([schema.point_id(doc_id, page)], False, [schema.COLQWEN])

@@ -5,9 +5,7 @@ vectors per page, the centroids of k-means clusters of its image tokens, started
 means of pairs of patch rows (`pool_rows`). A question is usually about one kind of content on
 a page (a table, a chart, a heading); a cluster keeps that content apart from the rest, where
 a single mean vector blurs it with everything else and a row band mixes it with whatever
-shares its rows. Measured on 10k ColQwen2-shaped pages (docs/BENCHMARKS.md), the exact top 10
-is found within the best 100 pages by clusters with recall 0.98, by row bands 0.95, by the page
-mean 0.87; at 100k pages the page mean needs 4,000 candidates for 0.95.
+shares its rows. The recall of each pooling at 10k and 100k pages: docs/BENCHMARKS.md.
 
 Pure functions of the multivector and of `emb.grid` / `emb.image_offset` (which locate the
 patch grid inside it), so they are easy to test against the exact MaxSim they approximate.
@@ -23,7 +21,7 @@ from rag.types import PageEmbedding
 # page in float16 (the disk budget leaves ~11 KB beside the full multivector), and the HNSW
 # graph compares pages by 12x12 dot products: 24 would double the bytes and quadruple the build.
 ROW_GROUP = 2
-# k-means steps of `pool_clusters`: 3 and 8 rank the same on 2k pages (BENCHMARKS.md).
+# k-means steps of `pool_clusters` (why 3: docs/BENCHMARKS.md).
 KMEANS_ITERATIONS = 3
 # Bands used when a page has no usable grid (an embedding from elsewhere): consecutive runs
 # of its rows, which for ColQwen2's row-major image tokens are horizontal bands anyway.

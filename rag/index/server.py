@@ -398,6 +398,12 @@ class ServerIndex:
             if offset is None:
                 return sorted(pages)
 
+    def page(self, doc_id: str, page: int) -> Hit | None:
+        found = self.client.retrieve(
+            self.collection, [schema.point_id(doc_id, page)], with_payload=True
+        )
+        return schema.payload_to_hit(found[0].payload or {}, 0.0) if found else None
+
     def page_vectors(self, doc_id: str, page: int) -> np.ndarray | None:
         found = self.client.retrieve(
             self.collection, [schema.point_id(doc_id, page)], with_vectors=[schema.COLQWEN]

@@ -7,12 +7,10 @@ qdrant-edge's `Bm25`, the same model Qdrant's server runs for `qdrant/bm25` docu
 Edge, qdrant-client's local mode and a real server tokenize identically, offline (qdrant-client's
 local mode would need fastembed to fetch a model from the Hub for this).
 
-Why not Edge's full-text payload index with BM25 scoring (`TextQuery`)? Measured on the
-labelled corpus questions (tests/data/corpus_questions.jsonl, text only): nDCG@5 0.836 with
-this sparse vector against 0.816 with the full-text index (both multilingual tokenizer); the
-full-text index in qdrant-client's local mode only supports the default tokenizer with no
-stemming or stop words, so the two backends would rank differently; and `TextQuery` needs a
-recent Qdrant server, while sparse vectors with the IDF modifier work since Qdrant 1.10.
+Why not Edge's full-text payload index with BM25 scoring (`TextQuery`)? It ranked the labelled
+corpus questions lower (docs/QUALITY.md has the figures); in qdrant-client's local mode it only
+supports the default tokenizer, so the two backends would rank differently; and `TextQuery`
+needs a recent Qdrant server, while sparse vectors with the IDF modifier work since Qdrant 1.10.
 """
 
 from __future__ import annotations

@@ -325,6 +325,26 @@ def test_page_vectors_round_trip(index: PageIndex, corpus: Corpus) -> None:
     assert index.page_vectors(record.doc_id, 999) is None
 
 
+def test_page_lookup_matches_what_search_returns(index: PageIndex, corpus: Corpus) -> None:
+    record, emb = corpus.records[11], corpus.embeddings[11]
+    [hit] = index.search_exact(emb.vectors, 1, SearchFilter(doc_ids=(record.doc_id,)))
+    found = index.page(record.doc_id, record.page)
+    assert found is not None and found.score == 0.0
+    assert replace(found, score=hit.score) == hit
+    assert index.page(record.doc_id, 999) is None
+    assert index.page("0" * 64, 1) is None
+
+
+def test_optimize_keeps_every_page_and_the_exact_ranking(index: PageIndex, corpus: Corpus) -> None:
+    query = corpus.embeddings[3].vectors
+    before = index.search_exact(query, 5)
+    assert isinstance(index.optimize(), bool)
+    assert index.count() == len(corpus.records)
+    assert [(h.doc_id, h.page) for h in index.search_exact(query, 5)] == [
+        (h.doc_id, h.page) for h in before
+    ]
+
+
 def test_meta_round_trip_and_check(opener: Opener) -> None:
     index = opener()
     assert index.read_meta() is None
