@@ -33,7 +33,7 @@ from ingest.diskspace import DiskFullError
 from ingest.manifest import Manifest, now
 from ingest.render import RenderError, SkippedPage
 from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
-from rag.index.base import PageIndex
+from rag.index.base import PageIndex, permanent_error
 from rag.types import IngestReport, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
@@ -391,9 +391,10 @@ class IngestRunner:
                 raise  # our bug, not a transient fault
             except Exception as exc:
                 log.warning("upsert failed (attempt %d): %s", attempt + 1, exc)
-                if attempt + 1 == UPSERT_ATTEMPTS:
+                if attempt + 1 == UPSERT_ATTEMPTS or permanent_error(exc):
                     raise _StoreError(
-                        f"the vector store failed after {UPSERT_ATTEMPTS} attempts "
+                        f"the vector store failed after {attempt + 1} attempt"
+                        f"{'s' if attempt else ''} "
                         f"({type(exc).__name__}: {exc}); the pages stored so far are kept and "
                         "the next `pagerag ingest` run completes the document"
                     ) from exc

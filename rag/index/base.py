@@ -108,6 +108,14 @@ class PageIndex(Protocol):
     def close(self) -> None: ...
 
 
+def permanent_error(exc: BaseException) -> bool:
+    """Whether a store error cannot go away by waiting: our bug (bad vectors: ValueError,
+    TypeError) or a 4xx answer other than 429 (a wrong API key, a refused request)."""
+    status = getattr(exc, "status_code", None)
+    client_error = isinstance(status, int) and 400 <= status < 500 and status != 429
+    return client_error or isinstance(exc, ValueError | TypeError)
+
+
 def check_meta(index: PageIndex, expected: dict[str, Any]) -> None:
     """Write `expected` into a new index; refuse to open one built with other settings."""
     found = index.read_meta()

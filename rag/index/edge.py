@@ -13,12 +13,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import numpy as np
 from qdrant_edge import (
     CountRequest,
     Distance,
@@ -45,19 +43,26 @@ from qdrant_edge import (
     QueryRequest,
     ScrollRequest,
     SearchParams,
+    SparseVector,
     UpdateOperation,
     VectorStorageDatatype,
 )
 
 from rag.index import schema
 from rag.index.base import IndexMismatchError, IndexUnavailableError
-from rag.index.pooling import pool_clusters
-from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
-from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
+from rag.index.core import (
+    HIDDEN,
+    SCROLL_PAGE,
+    Nearest,
+    PagePoint,
+    QdrantIndex,
+    ScrollPage,
+    Stage,
+    Where,
+)
+from rag.index.text import TEXT
 
 log = logging.getLogger(__name__)
-
-_SCROLL_PAGE = 1024
 # Cold, like the vectors (see `edge_config`): with the default placement every open pre-reads
 # each index's preallocated files (a 4 MB page file, a 1 MB tracker each), which on tmpfs
 # allocates them all (measured: 26 MB for our 5 indexes) and on a full one is a SIGBUS.
@@ -78,28 +83,17 @@ def edge_config() -> EdgeConfig:
     # so); its new segments follow this config.
     return EdgeConfig(
         vectors={
-            schema.COLQWEN: EdgeVectorParams(
+            name: EdgeVectorParams(
                 size=schema.DIM,
-                distance=Distance.Dot,  # ColQwen2 rows are unit vectors
+                distance=Distance.Dot,  # unit rows (schema.VECTOR_HNSW_M)
                 multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
                 datatype=VectorStorageDatatype.Float16,
                 memory=Memory.Cold,
-                # m=0: no graph; this vector is only scored exactly (rerank / exact search).
-                hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
-            ),
-            schema.CLUSTERS: EdgeVectorParams(
-                size=schema.DIM,
-                distance=Distance.Dot,  # pool_clusters gives unit vectors
-                multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
-                datatype=VectorStorageDatatype.Float16,
-                memory=Memory.Cold,
-                # The prefetch's HNSW graph, built over MaxSim between cluster multivectors.
                 hnsw_config=HnswIndexConfig(
-                    m=schema.HNSW_M,
-                    ef_construct=schema.HNSW_EF_CONSTRUCT,
-                    full_scan_threshold=10_000,
+                    m=m, ef_construct=schema.HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
                 ),
-            ),
+            )
+            for name, m in schema.VECTOR_HNSW_M.items()
         },
         # BM25 over the page text (rag/index/text.py); Qdrant applies the IDF at query time.
         sparse_vectors={TEXT: EdgeSparseVectorParams(modifier=Modifier.Idf, memory=Memory.Cold)},
@@ -107,7 +101,7 @@ def edge_config() -> EdgeConfig:
     )
 
 
-class EdgeIndex:
+class EdgeIndex(QdrantIndex):
     """`PageIndex` on a Qdrant Edge shard in `path` (created on first use).
 
     Extra over the protocol: `optimize()` builds the HNSW graph of the pooled vectors (Edge runs
@@ -251,34 +245,6 @@ class EdgeIndex:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def upsert(self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
-        schema.check_batch(records, embeddings)
-        points = []
-        for record, emb in zip(records, embeddings, strict=True):
-            rows = schema.check_rows(emb.vectors, f"{record.source} page {record.page}")
-            # Lists, not numpy arrays: Edge reads an array element by element, 2x slower
-            # than converting it with .tolist() first (measured: 9 ms against 4.6 ms a page).
-            vectors = {
-                schema.COLQWEN: schema.storage_rows(rows).tolist(),
-                schema.CLUSTERS: pool_clusters(emb).tolist(),
-            }
-            text = embed_page_text(record.text)
-            if text is not None:  # a page without a text layer has no text vector
-                vectors[TEXT] = text  # type: ignore[assignment]
-            pid = schema.point_id(record.doc_id, record.page)
-            point = Point(pid, vectors, schema.record_to_payload(record))  # type: ignore[arg-type]
-            points.append(point)
-        for start in range(0, len(points), self.batch_size):
-            batch = points[start : start + self.batch_size]
-            self._shard.update(UpdateOperation.upsert_points(batch))
-
-    def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
-        payload = schema.source_payload(source, sources)
-        self._shard.update(UpdateOperation.set_payload_by_filter(_doc_filter(doc_id), payload))
-
-    def delete_document(self, doc_id: str) -> None:
-        self._shard.update(UpdateOperation.delete_points_by_filter(_doc_filter(doc_id)))
-
     def flush(self) -> None:
         self._shard.flush()
 
@@ -307,143 +273,6 @@ class EdgeIndex:
             )
             return False
 
-    # -- reads ----------------------------------------------------------------------------
-
-    def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Cluster-vector HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
-        more than `prefetch_limit` pages match `flt`."""
-        return self._query(query, k, flt, prefetch=True)
-
-    def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        return self._query(query, k, flt, prefetch=False)
-
-    def _query(
-        self, query: np.ndarray, k: int, flt: SearchFilter | None, prefetch: bool
-    ) -> list[Hit]:
-        q = schema.check_rows(query, "query")
-        if k < 1:
-            return []
-        # Qdrant scores a float16 multivector with the query rounded to float16 too (Edge does;
-        # qdrant-client's local mode does not): rounding here makes every backend agree.
-        q = schema.storage_rows(q)
-        where = _filter(flt)
-        prefetches = None
-        if prefetch:
-            prefetches = self._pooled_stages(q, flt, where, max(self.prefetch_limit, k))
-        request = QueryRequest(
-            limit=k,
-            query=Query.Nearest(q, using=schema.COLQWEN),  # type: ignore[arg-type]
-            prefetches=prefetches,
-            filter=where,
-            with_payload=PayloadSelector.Exclude(["paths"]),
-        )
-        return [schema.payload_to_hit(p.payload or {}, p.score) for p in self._shard.query(request)]
-
-    def _pooled_stages(
-        self, q: np.ndarray, flt: SearchFilter | None, where: Filter | None, limit: int
-    ) -> list[Prefetch] | None:
-        """The prefetch in front of the exact rerank, keeping `limit` pages; None for none.
-
-        Exactness guarantee: when no more than `limit` pages match, a prefetch could only lose
-        pages (HNSW is approximate), so there is none and every page gets exact MaxSim. The
-        count is one cheap call over the payload indexes.
-        """
-        if self.count(flt) <= limit:
-            return None
-        pooled = Query.Nearest(q, using=schema.CLUSTERS)  # type: ignore[arg-type]
-        params = SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
-        return [Prefetch(limit, query=pooled, params=params, filter=where)]
-
-    # -- text and hybrid search (BM25 channel: rag/index/text.py) ---------------------------
-
-    def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        sparse = embed_query_text(text)
-        if sparse is None or k < 1:
-            return []
-        request = QueryRequest(
-            limit=k,
-            query=Query.Nearest(sparse, using=TEXT),
-            filter=_filter(flt),
-            with_payload=PayloadSelector.Exclude(["paths"]),
-        )
-        return [schema.payload_to_hit(p.payload or {}, p.score) for p in self._shard.query(request)]
-
-    def search_hybrid(
-        self,
-        query: np.ndarray,
-        text: str,
-        k: int,
-        flt: SearchFilter | None = None,
-        *,
-        text_weight: float = 1.0,
-    ) -> list[Hit]:
-        q = schema.storage_rows(schema.check_rows(query, "query"))  # float16 as in `_query`
-        if k < 1:
-            return []
-        where = _filter(flt)
-        # Each channel hands the fusion its best `depth` pages. The visual channel scores every
-        # pooled candidate with MaxSim anyway, so passing them all on costs nothing; the same
-        # exactness rule as `search` applies (no pooled stage when few pages match).
-        depth = max(self.prefetch_limit, k)
-        pooled = self._pooled_stages(q, flt, where, depth)
-        visual = Query.Nearest(q, using=schema.COLQWEN)  # type: ignore[arg-type]
-        channels = [Prefetch(limit=depth, query=visual, prefetches=pooled, filter=where)]
-        sparse = embed_query_text(text)
-        if sparse is not None:  # a query of stop words only has no text channel
-            bm25 = Query.Nearest(sparse, using=TEXT)
-            channels.append(Prefetch(limit=depth, query=bm25, filter=where))
-        # Pages without text are absent from the text channel only: they still rank visually.
-        weights = [1.0, text_weight][: len(channels)] if text_weight != 1.0 else None
-        request = QueryRequest(
-            limit=k,
-            query=Fusion.Rrf(k=RRF_K, weights=weights),  # type: ignore[arg-type]
-            prefetches=channels,
-            filter=where,
-            with_payload=PayloadSelector.Exclude(["paths"]),
-        )
-        return [schema.payload_to_hit(p.payload or {}, p.score) for p in self._shard.query(request)]
-
-    def set_page_text(self, doc_id: str, page: int, text: str) -> None:
-        """Replace a page's text and its BM25 vector (text from elsewhere, e.g. a dataset's OCR)."""
-        pid = schema.point_id(doc_id, page)
-        self._shard.update(UpdateOperation.set_payload([pid], {"text": text}))
-        sparse = embed_page_text(text)
-        if sparse is None:
-            self._shard.update(UpdateOperation.delete_vectors([pid], [TEXT]))
-        else:
-            point = PointVectors(pid, {TEXT: sparse})  # type: ignore[arg-type]
-            self._shard.update(UpdateOperation.update_vectors([point]))
-
-    def count(self, flt: SearchFilter | None = None) -> int:
-        return self._shard.count(CountRequest(exact=True, filter=_filter(flt)))
-
-    def page_ids(self, doc_id: str) -> list[int]:
-        pages: list[int] = []
-        offset = None
-        while True:
-            request = ScrollRequest(
-                offset=offset,
-                limit=_SCROLL_PAGE,
-                filter=_doc_filter(doc_id),
-                with_payload=PayloadSelector.Include(["page"]),
-                with_vector=False,
-            )
-            records, offset = self._shard.scroll(request)
-            pages.extend(int((r.payload or {})["page"]) for r in records)
-            if offset is None:
-                return sorted(pages)
-
-    def page(self, doc_id: str, page: int) -> Hit | None:
-        found = self._shard.retrieve([schema.point_id(doc_id, page)], True, False)
-        return schema.payload_to_hit(found[0].payload or {}, 0.0) if found else None
-
-    def page_vectors(self, doc_id: str, page: int) -> np.ndarray | None:
-        # retrieve() needs with_payload although the stubs mark it optional (qdrant-edge 0.9).
-        found = self._shard.retrieve([schema.point_id(doc_id, page)], False, [schema.COLQWEN])
-        if not found or not isinstance(found[0].vector, dict):
-            return None
-        return np.asarray(found[0].vector[schema.COLQWEN], dtype=np.float32)
-
     def bytes_on_disk(self) -> int:
         return schema.dir_size(self.path)
 
@@ -452,16 +281,62 @@ class EdgeIndex:
             self._closed = True
             self._shard.close()
 
-    def __enter__(self) -> EdgeIndex:
-        return self
+    # -- the client calls (QdrantIndex) --------------------------------------------------
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _run(self, stage: Stage) -> list[tuple[dict[str, Any], float]]:
+        request = QueryRequest(
+            limit=stage.limit,
+            query=_query(stage),
+            prefetches=_prefetches(stage),
+            filter=_filter(stage.where),
+            params=_params(stage),
+            with_payload=PayloadSelector.Exclude(HIDDEN),
+        )
+        return [(p.payload or {}, p.score) for p in self._shard.query(request)]
+
+    def _count(self, at: Where | None) -> int:
+        return self._shard.count(CountRequest(exact=True, filter=_filter(at)))
+
+    def _scroll(self, at: Where, fields: list[str], offset: Any) -> ScrollPage:
+        request = ScrollRequest(
+            offset=offset,
+            limit=SCROLL_PAGE,
+            filter=_must(at),
+            with_payload=PayloadSelector.Include(fields),
+            with_vector=False,
+        )
+        records, offset = self._shard.scroll(request)
+        return [r.payload or {} for r in records], offset
+
+    def _retrieve(
+        self, pid: str, *, payload: bool, vector: str | None
+    ) -> tuple[dict[str, Any], Any] | None:
+        # retrieve() needs with_payload although the stubs mark it optional (qdrant-edge 0.9).
+        found = self._shard.retrieve([pid], payload, [vector] if vector else False)
+        return (found[0].payload or {}, found[0].vector) if found else None
+
+    def _write(self, points: list[PagePoint]) -> None:
+        batch = [Point(p.id, p.vectors, p.payload) for p in points]  # type: ignore[arg-type]
+        for start in range(0, len(batch), self.batch_size):
+            self._shard.update(
+                UpdateOperation.upsert_points(batch[start : start + self.batch_size])
+            )
+
+    def _set_payload(self, payload: dict[str, Any], target: list[str] | Where) -> None:
+        if isinstance(target, Where):
+            self._shard.update(UpdateOperation.set_payload_by_filter(_must(target), payload))
+        else:
+            self._shard.update(UpdateOperation.set_payload(target, payload))  # type: ignore[arg-type]
+
+    def _delete(self, at: Where) -> None:
+        self._shard.update(UpdateOperation.delete_points_by_filter(_must(at)))
+
+    def _set_text_vector(self, pid: str, sparse: SparseVector | None) -> None:
+        if sparse is None:
+            self._shard.update(UpdateOperation.delete_vectors([pid], [TEXT]))
+        else:
+            point = PointVectors(pid, {TEXT: sparse})
+            self._shard.update(UpdateOperation.update_vectors([point]))
 
 
 # Edge rewrites edge_config.json (atomically, one page) on every open, so on a disk that is
@@ -522,16 +397,39 @@ def _probe_load(shard_dir: Path) -> str | None:
         return f"signal {-proc.returncode}"
 
 
-def _filter(flt: SearchFilter | None) -> Filter | None:
-    conditions = schema.filter_conditions(flt)
-    excluded = list(flt.exclude_doc_ids) if flt is not None else []
-    if not conditions and not excluded:
-        return None
-    return Filter(
-        must=[FieldCondition(key, match=MatchAny(values)) for key, values in conditions] or None,
-        must_not=[FieldCondition("doc_id", match=MatchAny(excluded))] if excluded else None,
-    )
+# -- core.Stage / core.Where -> qdrant_edge objects ------------------------------------------
 
 
-def _doc_filter(doc_id: str) -> Filter:
-    return Filter(must=[FieldCondition("doc_id", match=MatchAny([doc_id]))])
+def _query(stage: Stage) -> Any:
+    if isinstance(stage.query, Nearest):
+        return Query.Nearest(stage.query.vector, using=stage.query.using)
+    return Fusion.Rrf(k=stage.query.k, weights=stage.query.weights)
+
+
+def _prefetches(stage: Stage) -> list[Prefetch] | None:
+    stages = [
+        Prefetch(
+            s.limit,
+            query=_query(s),
+            prefetches=_prefetches(s),
+            params=_params(s),
+            filter=_filter(s.where),
+        )
+        for s in stage.prefetch
+    ]
+    return stages or None
+
+
+def _params(stage: Stage) -> SearchParams | None:
+    return SearchParams(hnsw_ef=stage.hnsw_ef) if stage.hnsw_ef else None
+
+
+def _must(at: Where) -> Filter:
+    def match(conditions: tuple[schema.Condition, ...]) -> list[Any] | None:
+        return [FieldCondition(key, match=MatchAny(values)) for key, values in conditions] or None
+
+    return Filter(must=match(at.must), must_not=match(at.must_not))
+
+
+def _filter(at: Where | None) -> Filter | None:
+    return None if at is None else _must(at)

@@ -36,6 +36,11 @@ HNSW_EF = 1024
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 
+# The dense vectors, each a MaxSim multivector of DIM-wide unit rows (dot product) stored as
+# float16: name -> degree of its HNSW graph (m=0: no graph, the vector is only scored exactly,
+# in the rerank and exact search; the clusters' graph serves the prefetch).
+VECTOR_HNSW_M = {COLQWEN: 0, CLUSTERS: HNSW_M}
+
 # Payload indexes: field -> "keyword" | "integer".
 PAYLOAD_INDEXES = {
     "doc_id": "keyword",

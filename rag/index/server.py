@@ -18,7 +18,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_edge import SparseVector
 
 from rag.index import schema
-from rag.index.base import IndexMismatchError, IndexUnavailableError
+from rag.index.base import IndexMismatchError, IndexUnavailableError, permanent_error
 from rag.index.pooling import pool_clusters
 from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
@@ -230,7 +230,9 @@ class ServerIndex:
         batches = [points[i : i + self.batch_size] for i in range(0, len(points), self.batch_size)]
         # qdrant-client's local mode is not thread-safe (and gains nothing from threads).
         workers = 1 if self._is_local() else self.upload_workers
-        upload_batches(self._send, batches, workers)
+        # No retries here: the ingestion runner retries the whole upsert (and reports it), one
+        # layer, so an outage costs UPSERT_ATTEMPTS sends per batch, not attempts x retries.
+        upload_batches(self._send, batches, workers, retries=0)
 
     def _send(self, batch: list[models.PointStruct]) -> None:
         self.client.upsert(self.collection, points=batch, wait=True)
@@ -458,9 +460,9 @@ def upload_batches(
     """`send` every batch, `workers` at a time, retrying transient failures.
 
     Retrying is safe because point ids are deterministic: a batch sent twice is stored once.
-    A failure that cannot go away by waiting (a 4xx answer other than 429: bad vectors, a
-    wrong API key) is raised at once; any other is retried `retries` times, with exponential
-    backoff, before the first error is raised (batches not yet started are then dropped).
+    A failure that cannot go away by waiting (`permanent_error`) is raised at once; any other
+    is retried `retries` times, with exponential backoff, before the first error is raised
+    (batches not yet started are then dropped).
     """
 
     def attempt(batch: list[Any]) -> None:
@@ -469,9 +471,7 @@ def upload_batches(
                 send(batch)
                 return
             except Exception as exc:
-                status = getattr(exc, "status_code", None)
-                permanent = isinstance(status, int) and 400 <= status < 500 and status != 429
-                if permanent or isinstance(exc, (ValueError, TypeError)) or n == retries:
+                if permanent_error(exc) or n == retries:
                     raise
                 time.sleep(backoff_s * 2**n)
 

@@ -14,7 +14,7 @@ from reportlab.lib.pdfencrypt import StandardEncryption
 from reportlab.pdfgen import canvas
 
 from ingest.manifest import Manifest
-from ingest.runner import IngestRunner
+from ingest.runner import UPSERT_ATTEMPTS, IngestRunner
 from ingest.sandbox import RenderSandbox
 from rag.config import Settings
 from rag.index import EdgeIndex
@@ -178,3 +178,31 @@ def test_store_outage_keeps_document_pending_and_next_run_completes(
     again = _runner(tmp_path, edge, tiny_retriever).run([tmp_path / "in"])
     assert (again.indexed_documents, again.indexed_pages, again.failed) == (1, 4, [])
     assert edge.page_ids(doc_id) == list(range(1, 7))
+
+
+class _Refusal(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize(("status", "sends"), [(503, UPSERT_ATTEMPTS), (401, 1)])
+def test_one_retry_layer_for_a_qdrant_server(
+    tmp_path: Path, tiny_retriever: Any, monkeypatch: pytest.MonkeyPatch, status: int, sends: int
+) -> None:
+    # An outage costs UPSERT_ATTEMPTS sends per batch (the runner's retries, not the runner's
+    # times the client's); a refusal that waiting cannot fix (a wrong key) is sent once.
+    from rag.index.server import ServerIndex
+
+    index = ServerIndex.local(None, batch_size=8)
+    sent: list[int] = []
+
+    def down(batch: list[Any]) -> None:
+        sent.append(len(batch))
+        raise _Refusal(status)
+
+    monkeypatch.setattr(index, "_send", down)
+    make_pdf(tmp_path / "in" / "a.pdf", ["one", "two"])
+    report = _runner(tmp_path, index, tiny_retriever).run([tmp_path / "in"])
+    assert "vector store failed" in report.failed[0]["error"]
+    assert len(sent) == sends
