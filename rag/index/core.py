@@ -173,7 +173,7 @@ class QdrantIndex(ABC):
             return ()
         return (Stage(Nearest(schema.CLUSTERS, q), limit, at, hnsw_ef=self.hnsw_ef),)
 
-    # -- text and hybrid search (BM25 channel: rag/index/text.py) ---------------------------
+    # -- text and hybrid search (BM25 channel: rag/index/text.py) -------------------------
 
     def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         sparse = embed_query_text(text)
@@ -248,7 +248,7 @@ class QdrantIndex(ABC):
     ) -> None:
         self.close()
 
-    # -- the client calls, one backend each -------------------------------------------------
+    # -- the client calls, one backend each -----------------------------------------------
 
     @abstractmethod
     def _run(self, stage: Stage) -> list[tuple[dict[str, Any], float]]:

@@ -48,18 +48,8 @@ from qdrant_edge import (
     VectorStorageDatatype,
 )
 
-from rag.index import schema
+from rag.index import core, schema
 from rag.index.base import IndexMismatchError, IndexUnavailableError
-from rag.index.core import (
-    HIDDEN,
-    SCROLL_PAGE,
-    Nearest,
-    PagePoint,
-    QdrantIndex,
-    ScrollPage,
-    Stage,
-    Where,
-)
 from rag.index.text import TEXT
 
 log = logging.getLogger(__name__)
@@ -101,12 +91,13 @@ def edge_config() -> EdgeConfig:
     )
 
 
-class EdgeIndex(QdrantIndex):
+class EdgeIndex(core.QdrantIndex):
     """`PageIndex` on a Qdrant Edge shard in `path` (created on first use).
 
-    Extra over the protocol: `optimize()` builds the HNSW graph of the pooled vectors (Edge runs
-    no background optimizer); call it after a large ingest. Search is correct without it.
-    One process at a time: a second open of the same directory fails with a clear error.
+    The queries, filters and points come from `core.QdrantIndex`; this class adds the shard's
+    calls, its disk-space care and `optimize()`, which builds the HNSW graph of the pooled
+    vectors (Edge runs no background optimizer). One process at a time: a second open of the
+    same directory fails with a clear error.
     """
 
     backend = "qdrant-edge"
@@ -281,26 +272,26 @@ class EdgeIndex(QdrantIndex):
             self._closed = True
             self._shard.close()
 
-    # -- the client calls (QdrantIndex) --------------------------------------------------
+    # -- the client calls (core.QdrantIndex) ----------------------------------------------
 
-    def _run(self, stage: Stage) -> list[tuple[dict[str, Any], float]]:
+    def _run(self, stage: core.Stage) -> list[tuple[dict[str, Any], float]]:
         request = QueryRequest(
             limit=stage.limit,
             query=_query(stage),
             prefetches=_prefetches(stage),
             filter=_filter(stage.where),
             params=_params(stage),
-            with_payload=PayloadSelector.Exclude(HIDDEN),
+            with_payload=PayloadSelector.Exclude(core.HIDDEN),
         )
         return [(p.payload or {}, p.score) for p in self._shard.query(request)]
 
-    def _count(self, at: Where | None) -> int:
+    def _count(self, at: core.Where | None) -> int:
         return self._shard.count(CountRequest(exact=True, filter=_filter(at)))
 
-    def _scroll(self, at: Where, fields: list[str], offset: Any) -> ScrollPage:
+    def _scroll(self, at: core.Where, fields: list[str], offset: Any) -> core.ScrollPage:
         request = ScrollRequest(
             offset=offset,
-            limit=SCROLL_PAGE,
+            limit=core.SCROLL_PAGE,
             filter=_must(at),
             with_payload=PayloadSelector.Include(fields),
             with_vector=False,
@@ -315,20 +306,20 @@ class EdgeIndex(QdrantIndex):
         found = self._shard.retrieve([pid], payload, [vector] if vector else False)
         return (found[0].payload or {}, found[0].vector) if found else None
 
-    def _write(self, points: list[PagePoint]) -> None:
+    def _write(self, points: list[core.PagePoint]) -> None:
         batch = [Point(p.id, p.vectors, p.payload) for p in points]  # type: ignore[arg-type]
         for start in range(0, len(batch), self.batch_size):
             self._shard.update(
                 UpdateOperation.upsert_points(batch[start : start + self.batch_size])
             )
 
-    def _set_payload(self, payload: dict[str, Any], target: list[str] | Where) -> None:
-        if isinstance(target, Where):
+    def _set_payload(self, payload: dict[str, Any], target: list[str] | core.Where) -> None:
+        if isinstance(target, core.Where):
             self._shard.update(UpdateOperation.set_payload_by_filter(_must(target), payload))
         else:
             self._shard.update(UpdateOperation.set_payload(target, payload))  # type: ignore[arg-type]
 
-    def _delete(self, at: Where) -> None:
+    def _delete(self, at: core.Where) -> None:
         self._shard.update(UpdateOperation.delete_points_by_filter(_must(at)))
 
     def _set_text_vector(self, pid: str, sparse: SparseVector | None) -> None:
@@ -397,16 +388,16 @@ def _probe_load(shard_dir: Path) -> str | None:
         return f"signal {-proc.returncode}"
 
 
-# -- core.Stage / core.Where -> qdrant_edge objects ------------------------------------------
+# -- core.Stage / core.Where -> qdrant_edge objects ---------------------------------------
 
 
-def _query(stage: Stage) -> Any:
-    if isinstance(stage.query, Nearest):
+def _query(stage: core.Stage) -> Any:
+    if isinstance(stage.query, core.Nearest):
         return Query.Nearest(stage.query.vector, using=stage.query.using)
     return Fusion.Rrf(k=stage.query.k, weights=stage.query.weights)
 
 
-def _prefetches(stage: Stage) -> list[Prefetch] | None:
+def _prefetches(stage: core.Stage) -> list[Prefetch] | None:
     stages = [
         Prefetch(
             s.limit,
@@ -420,16 +411,16 @@ def _prefetches(stage: Stage) -> list[Prefetch] | None:
     return stages or None
 
 
-def _params(stage: Stage) -> SearchParams | None:
+def _params(stage: core.Stage) -> SearchParams | None:
     return SearchParams(hnsw_ef=stage.hnsw_ef) if stage.hnsw_ef else None
 
 
-def _must(at: Where) -> Filter:
+def _must(at: core.Where) -> Filter:
     def match(conditions: tuple[schema.Condition, ...]) -> list[Any] | None:
         return [FieldCondition(key, match=MatchAny(values)) for key, values in conditions] or None
 
     return Filter(must=match(at.must), must_not=match(at.must_not))
 
 
-def _filter(at: Where | None) -> Filter | None:
+def _filter(at: core.Where | None) -> Filter | None:
     return None if at is None else _must(at)

@@ -1,7 +1,7 @@
 """What both Qdrant adapters store: point ids, vector names, payload fields and filters.
 
-Everything here is backend-neutral (plain Python and numpy); `edge.py` and `server.py` turn it
-into their own library's objects, so the two backends cannot drift apart.
+Everything here is backend-neutral (plain Python and numpy); `core.py` builds the queries,
+filters and points of both backends from it.
 """
 
 from __future__ import annotations

@@ -10,46 +10,28 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_edge import SparseVector
 
-from rag.index import schema
+from rag.index import core, schema
 from rag.index.base import IndexMismatchError, IndexUnavailableError, permanent_error
-from rag.index.pooling import pool_clusters
-from rag.index.text import RRF_K, TEXT, embed_page_text, embed_query_text
-from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
-
-_SCROLL_PAGE = 1024
+from rag.index.text import TEXT
 
 
 def vectors_config() -> dict[str, models.VectorParams]:
     return {
-        schema.COLQWEN: models.VectorParams(
+        name: models.VectorParams(
             size=schema.DIM,
-            distance=models.Distance.DOT,  # ColQwen2 rows are unit vectors
+            distance=models.Distance.DOT,  # unit rows (schema.VECTOR_HNSW_M)
             multivector_config=models.MultiVectorConfig(
                 comparator=models.MultiVectorComparator.MAX_SIM
             ),
             datatype=models.Datatype.FLOAT16,
-            # m=0: no graph; this vector is only scored exactly (rerank / exact search).
-            hnsw_config=models.HnswConfigDiff(m=0),
-        ),
-        schema.CLUSTERS: models.VectorParams(
-            size=schema.DIM,
-            distance=models.Distance.DOT,  # pool_clusters gives unit vectors
-            multivector_config=models.MultiVectorConfig(
-                comparator=models.MultiVectorComparator.MAX_SIM
-            ),
-            datatype=models.Datatype.FLOAT16,
-            # The prefetch's HNSW graph, built over MaxSim between cluster multivectors.
-            hnsw_config=models.HnswConfigDiff(
-                m=schema.HNSW_M, ef_construct=schema.HNSW_EF_CONSTRUCT
-            ),
-        ),
+            hnsw_config=models.HnswConfigDiff(m=m, ef_construct=schema.HNSW_EF_CONSTRUCT),
+        )
+        for name, m in schema.VECTOR_HNSW_M.items()
     }
 
 
@@ -58,8 +40,10 @@ def sparse_vectors_config() -> dict[str, models.SparseVectorParams]:
     return {TEXT: models.SparseVectorParams(modifier=models.Modifier.IDF)}
 
 
-class ServerIndex:
+class ServerIndex(core.QdrantIndex):
     """`PageIndex` on one collection of a Qdrant server (or of qdrant-client's local mode).
+
+    The queries, filters and points come from `core.QdrantIndex`; this class adds the calls.
 
     Index metadata lives in the collection's own `metadata` (Qdrant server 1.16 or newer),
     so it travels with snapshots and cannot be separated from the vectors it describes.
@@ -208,26 +192,68 @@ class ServerIndex:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def upsert(self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
-        schema.check_batch(records, embeddings)
-        points = []
-        for record, emb in zip(records, embeddings, strict=True):
-            rows = schema.check_rows(emb.vectors, f"{record.source} page {record.page}")
-            vectors: dict[str, Any] = {
-                schema.COLQWEN: schema.storage_rows(rows).tolist(),
-                schema.CLUSTERS: pool_clusters(emb).tolist(),
-            }
-            text = _sparse(embed_page_text(record.text))
-            if text is not None:  # a page without a text layer has no text vector
-                vectors[TEXT] = text
-            points.append(
-                models.PointStruct(
-                    id=schema.point_id(record.doc_id, record.page),
-                    vector=vectors,
-                    payload=schema.record_to_payload(record),
-                )
+    def flush(self) -> None:
+        """Nothing to do: every write waits for the server's WAL (`wait=True`)."""
+
+    def optimize(self) -> bool:
+        """Nothing to do: the server's optimizers run in the background."""
+        return False
+
+    def bytes_on_disk(self) -> int:
+        """Size of the local-mode directory; 0 in memory or on a remote server (unknown)."""
+        return 0 if self._local_path is None else schema.dir_size(self._local_path)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- the client calls (core.QdrantIndex) ----------------------------------------------
+
+    def _run(self, stage: core.Stage) -> list[tuple[dict[str, Any], float]]:
+        query, using = _query(stage)
+        result = self.client.query_points(
+            self.collection,
+            query=query,
+            using=using,
+            prefetch=_prefetches(stage),
+            query_filter=_filter(stage.where),
+            search_params=_params(stage),
+            limit=stage.limit,
+            with_payload=models.PayloadSelectorExclude(exclude=core.HIDDEN),
+        )
+        return [(p.payload or {}, p.score) for p in result.points]
+
+    def _count(self, at: core.Where | None) -> int:
+        return self.client.count(self.collection, count_filter=_filter(at), exact=True).count
+
+    def _scroll(self, at: core.Where, fields: list[str], offset: Any) -> core.ScrollPage:
+        records, offset = self.client.scroll(
+            self.collection,
+            scroll_filter=_must(at),
+            limit=core.SCROLL_PAGE,
+            offset=offset,
+            with_payload=fields,
+            with_vectors=False,
+        )
+        return [r.payload or {} for r in records], offset
+
+    def _retrieve(
+        self, pid: str, *, payload: bool, vector: str | None
+    ) -> tuple[dict[str, Any], Any] | None:
+        vectors = [vector] if vector else False
+        found = self.client.retrieve(
+            self.collection, [pid], with_payload=payload, with_vectors=vectors
+        )
+        return (found[0].payload or {}, found[0].vector) if found else None
+
+    def _write(self, points: list[core.PagePoint]) -> None:
+        structs = [
+            models.PointStruct(
+                id=p.id, vector={k: _vector(v) for k, v in p.vectors.items()}, payload=p.payload
             )
-        batches = [points[i : i + self.batch_size] for i in range(0, len(points), self.batch_size)]
+            for p in points
+        ]
+        size = self.batch_size
+        batches = [structs[i : i + size] for i in range(0, len(structs), size)]
         # qdrant-client's local mode is not thread-safe (and gains nothing from threads).
         workers = 1 if self._is_local() else self.upload_workers
         # No retries here: the ingestion runner retries the whole upsert (and reports it), one
@@ -237,217 +263,20 @@ class ServerIndex:
     def _send(self, batch: list[models.PointStruct]) -> None:
         self.client.upsert(self.collection, points=batch, wait=True)
 
-    def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
-        self.client.set_payload(
-            self.collection,
-            payload=schema.source_payload(source, sources),
-            points=_doc_filter(doc_id),
-            wait=True,
-        )
+    def _set_payload(self, payload: dict[str, Any], target: list[str] | core.Where) -> None:
+        points: Any = _must(target) if isinstance(target, core.Where) else target  # ids or filter
+        self.client.set_payload(self.collection, payload=payload, points=points, wait=True)
 
-    def delete_document(self, doc_id: str) -> None:
-        self.client.delete(
-            self.collection,
-            points_selector=models.FilterSelector(filter=_doc_filter(doc_id)),
-            wait=True,
-        )
+    def _delete(self, at: core.Where) -> None:
+        selector = models.FilterSelector(filter=_must(at))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
 
-    def flush(self) -> None:
-        """Nothing to do: every write waits for the server's WAL (`wait=True`)."""
-
-    def optimize(self) -> bool:
-        """Nothing to do: the server's optimizers run in the background."""
-        return False
-
-    # -- reads ----------------------------------------------------------------------------
-
-    def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Cluster-vector HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
-        more than `prefetch_limit` pages match `flt`."""
-        return self._query(query, k, flt, prefetch=True)
-
-    def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        return self._query(query, k, flt, prefetch=False)
-
-    def _query(
-        self, query: np.ndarray, k: int, flt: SearchFilter | None, prefetch: bool
-    ) -> list[Hit]:
-        q = schema.check_rows(query, "query")
-        if k < 1:
-            return []
-        # Qdrant scores a float16 multivector with the query rounded to float16 too (Edge does;
-        # qdrant-client's local mode does not): rounding here makes every backend agree.
-        q = schema.storage_rows(q)
-        where = _filter(flt)
-        first = None
-        if prefetch:
-            first = self._pooled_stages(q, flt, where, max(self.prefetch_limit, k))
-        result = self.client.query_points(
-            self.collection,
-            query=q.tolist(),
-            using=schema.COLQWEN,
-            prefetch=first,
-            query_filter=where,
-            limit=k,
-            with_payload=models.PayloadSelectorExclude(exclude=["paths"]),
-        )
-        return [schema.payload_to_hit(p.payload or {}, p.score) for p in result.points]
-
-    def _pooled_stages(
-        self, q: np.ndarray, flt: SearchFilter | None, where: models.Filter | None, limit: int
-    ) -> models.Prefetch | None:
-        """The prefetch in front of the exact rerank, keeping `limit` pages; None for none.
-
-        As `EdgeIndex._pooled_stages`: no prefetch (exact search) when no more than `limit`
-        pages match `flt`, otherwise the cluster HNSW.
-        """
-        if self.count(flt) <= limit:
-            return None
-        return models.Prefetch(
-            query=q.tolist(),
-            using=schema.CLUSTERS,
-            params=models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None,
-            limit=limit,
-            filter=where,
-        )
-
-    # -- text and hybrid search (BM25 channel: rag/index/text.py) ---------------------------
-
-    def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        sparse = _sparse(embed_query_text(text))
-        if sparse is None or k < 1:
-            return []
-        result = self.client.query_points(
-            self.collection,
-            query=sparse,
-            using=TEXT,
-            query_filter=_filter(flt),
-            limit=k,
-            with_payload=models.PayloadSelectorExclude(exclude=["paths"]),
-        )
-        return [schema.payload_to_hit(p.payload or {}, p.score) for p in result.points]
-
-    def search_hybrid(
-        self,
-        query: np.ndarray,
-        text: str,
-        k: int,
-        flt: SearchFilter | None = None,
-        *,
-        text_weight: float = 1.0,
-    ) -> list[Hit]:
-        q = schema.storage_rows(schema.check_rows(query, "query"))  # float16 as in `_query`
-        if k < 1:
-            return []
-        where = _filter(flt)
-        # Each channel hands the fusion its best `depth` pages. The visual channel scores every
-        # pooled candidate with MaxSim anyway, so passing them all on costs nothing; the same
-        # exactness rule as `search` applies (no pooled stage when few pages match).
-        depth = max(self.prefetch_limit, k)
-        pooled = self._pooled_stages(q, flt, where, depth)
-        channels = [
-            models.Prefetch(
-                query=q.tolist(), using=schema.COLQWEN, prefetch=pooled, limit=depth, filter=where
-            )
-        ]
-        sparse = _sparse(embed_query_text(text))
-        if sparse is not None:  # a query of stop words only has no text channel
-            channels.append(models.Prefetch(query=sparse, using=TEXT, limit=depth, filter=where))
-        # Pages without text are absent from the text channel only: they still rank visually.
-        # RRF with k needs Qdrant 1.16 (as does the collection metadata), weights 1.17: equal
-        # weights send none.
-        weights = [1.0, text_weight][: len(channels)] if text_weight != 1.0 else None
-        result = self.client.query_points(
-            self.collection,
-            prefetch=channels,
-            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=weights)),
-            query_filter=where,
-            limit=k,
-            with_payload=models.PayloadSelectorExclude(exclude=["paths"]),
-        )
-        return [schema.payload_to_hit(p.payload or {}, p.score) for p in result.points]
-
-    def set_page_text(self, doc_id: str, page: int, text: str) -> None:
-        """Replace a page's text and its BM25 vector (text from elsewhere, e.g. a dataset's OCR)."""
-        pid = schema.point_id(doc_id, page)
-        self.client.set_payload(self.collection, payload={"text": text}, points=[pid], wait=True)
-        sparse = _sparse(embed_page_text(text))
+    def _set_text_vector(self, pid: str, sparse: SparseVector | None) -> None:
         if sparse is None:
             self.client.delete_vectors(self.collection, vectors=[TEXT], points=[pid], wait=True)
         else:
-            self.client.update_vectors(
-                self.collection,
-                points=[models.PointVectors(id=pid, vector={TEXT: sparse})],
-                wait=True,
-            )
-
-    def count(self, flt: SearchFilter | None = None) -> int:
-        return self.client.count(self.collection, count_filter=_filter(flt), exact=True).count
-
-    def page_ids(self, doc_id: str) -> list[int]:
-        pages: list[int] = []
-        offset: Any = None
-        while True:
-            records, offset = self.client.scroll(
-                self.collection,
-                scroll_filter=_doc_filter(doc_id),
-                limit=_SCROLL_PAGE,
-                offset=offset,
-                with_payload=["page"],
-                with_vectors=False,
-            )
-            pages.extend(int((r.payload or {})["page"]) for r in records)
-            if offset is None:
-                return sorted(pages)
-
-    def page(self, doc_id: str, page: int) -> Hit | None:
-        found = self.client.retrieve(
-            self.collection, [schema.point_id(doc_id, page)], with_payload=True
-        )
-        return schema.payload_to_hit(found[0].payload or {}, 0.0) if found else None
-
-    def page_vectors(self, doc_id: str, page: int) -> np.ndarray | None:
-        found = self.client.retrieve(
-            self.collection, [schema.point_id(doc_id, page)], with_vectors=[schema.COLQWEN]
-        )
-        if not found or not isinstance(found[0].vector, dict):
-            return None
-        return np.asarray(found[0].vector[schema.COLQWEN], dtype=np.float32)
-
-    def bytes_on_disk(self) -> int:
-        """Size of the local-mode directory; 0 in memory or on a remote server (unknown)."""
-        return 0 if self._local_path is None else schema.dir_size(self._local_path)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> ServerIndex:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _filter(flt: SearchFilter | None) -> models.Filter | None:
-    conditions = schema.filter_conditions(flt)
-    excluded = list(flt.exclude_doc_ids) if flt is not None else []
-    if not conditions and not excluded:
-        return None
-    return models.Filter(
-        must=[
-            models.FieldCondition(key=key, match=models.MatchAny(any=values))
-            for key, values in conditions
-        ]
-        or None,
-        must_not=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=excluded))]
-        if excluded
-        else None,
-    )
+            point = models.PointVectors(id=pid, vector={TEXT: _vector(sparse)})
+            self.client.update_vectors(self.collection, points=[point], wait=True)
 
 
 def upload_batches(
@@ -490,13 +319,52 @@ def upload_batches(
             raise
 
 
-def _sparse(vector: SparseVector | None) -> models.SparseVector | None:
-    if vector is None:
-        return None
-    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+# -- core.Stage / core.Where -> qdrant-client objects -------------------------------------
 
 
-def _doc_filter(doc_id: str) -> models.Filter:
-    return models.Filter(
-        must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
-    )
+def _query(stage: core.Stage) -> tuple[Any, str | None]:
+    """The query and the name of the vector it uses."""
+    if isinstance(stage.query, core.Nearest):
+        return _vector(stage.query.vector), stage.query.using
+    return models.RrfQuery(rrf=models.Rrf(k=stage.query.k, weights=stage.query.weights)), None
+
+
+def _prefetches(stage: core.Stage) -> list[models.Prefetch] | None:
+    stages = []
+    for s in stage.prefetch:
+        query, using = _query(s)
+        stages.append(
+            models.Prefetch(
+                query=query,
+                using=using,
+                prefetch=_prefetches(s),
+                params=_params(s),
+                limit=s.limit,
+                filter=_filter(s.where),
+            )
+        )
+    return stages or None
+
+
+def _params(stage: core.Stage) -> models.SearchParams | None:
+    return models.SearchParams(hnsw_ef=stage.hnsw_ef) if stage.hnsw_ef else None
+
+
+def _vector(vector: list[list[float]] | SparseVector) -> Any:
+    if isinstance(vector, SparseVector):  # qdrant-edge's BM25 vector (rag/index/text.py)
+        return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+    return vector
+
+
+def _must(at: core.Where) -> models.Filter:
+    def match(conditions: tuple[schema.Condition, ...]) -> list[Any] | None:
+        return [
+            models.FieldCondition(key=key, match=models.MatchAny(any=values))
+            for key, values in conditions
+        ] or None
+
+    return models.Filter(must=match(at.must), must_not=match(at.must_not))
+
+
+def _filter(at: core.Where | None) -> models.Filter | None:
+    return None if at is None else _must(at)
