@@ -47,7 +47,7 @@ class PageEmbedder(Protocol):
 
 
 @dataclass
-class Progress:
+class IngestProgress:
     """What a progress bar needs; passed to the callback after every change."""
 
     files_total: int = 0
@@ -64,7 +64,7 @@ class Progress:
 
 
 @dataclass
-class _Job:
+class _Document:
     files: list[SourceFile]  # first one is the document's source; the rest have identical bytes
     doc_id: str
     kind: str
@@ -84,7 +84,7 @@ class _Job:
 
 @dataclass
 class _Page:
-    job: _Job
+    job: _Document
     page: SandboxPage
     image: Image.Image
 
@@ -96,7 +96,7 @@ class _StoreError(Exception):
 _END = object()
 
 
-def _nothing_rendered(job: _Job) -> str:
+def _nothing_rendered(job: _Document) -> str:
     """Why a document has no page to index: the reasons of its first skipped pages."""
     reasons = [f"{reason}" for _, reason in sorted(job.skipped.items())[:3]]
     if len(job.skipped) > 3:
@@ -120,7 +120,7 @@ class IngestRunner:
         images_dir: Path,
         sandbox: RenderSandbox | None = None,
         batch_size: int = 4,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[IngestProgress], None] | None = None,
         retry_delay: float = 0.5,
         check_space: Callable[[], None] | None = None,
         between_batches: Callable[[], Collection[str]] | None = None,
@@ -173,8 +173,8 @@ class IngestRunner:
         if shard is not None:  # by source path, so every worker splits the same way
             files = [f for f in files if shard.owns(f.source)]
         report.failed.extend(missing)
-        progress = Progress(files_total=len(files))
-        jobs: dict[str, _Job] = {}
+        progress = IngestProgress(files_total=len(files))
+        jobs: dict[str, _Document] = {}
         for file in files:
             progress.current = file.source
             self._plan(file, tags, jobs, report)
@@ -189,7 +189,11 @@ class IngestRunner:
         return report
 
     def _plan(
-        self, file: SourceFile, tags: tuple[str, ...], jobs: dict[str, _Job], report: IngestReport
+        self,
+        file: SourceFile,
+        tags: tuple[str, ...],
+        jobs: dict[str, _Document],
+        report: IngestReport,
     ) -> None:
         try:
             doc_id, head = file_sha256(file.path)
@@ -220,12 +224,14 @@ class IngestRunner:
             return
         size = file.path.stat().st_size
         pages = min(opened.pages, self.sandbox.limits.max_pages)  # _finish warns of the cap
-        jobs[doc_id] = _Job(
+        jobs[doc_id] = _Document(
             [file], doc_id, kind, opened.title, pages, size, tags, password, total=opened.pages
         )
 
     # -- execution ------------------------------------------------------------------------
-    def _execute(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:
+    def _execute(
+        self, jobs: list[_Document], report: IngestReport, progress: IngestProgress
+    ) -> None:
         try:
             self._execute_jobs(jobs, report, progress)
         except DiskFullError as exc:
@@ -234,7 +240,9 @@ class IngestRunner:
             exc.report = report  # type: ignore[attr-defined]  # read by the CLI's --json output
             raise
 
-    def _execute_jobs(self, jobs: list[_Job], report: IngestReport, progress: Progress) -> None:
+    def _execute_jobs(
+        self, jobs: list[_Document], report: IngestReport, progress: IngestProgress
+    ) -> None:
         # Manifest and index are touched from this thread only; the producer just renders.
         self._check_space()
         for job in jobs:
@@ -256,7 +264,7 @@ class IngestRunner:
         )
         producer.start()
         batch: list[_Page] = []
-        ended: list[_Job] = []
+        ended: list[_Document] = []
         try:
             while (item := pages.get()) is not _END:
                 if isinstance(item, _Page):
@@ -271,7 +279,7 @@ class IngestRunner:
                     else:
                         self._abort(job, error, report)
                 else:
-                    assert isinstance(item, _Job)
+                    assert isinstance(item, _Document)
                     ended.append(item)
                 if len(batch) >= self.batch_size or (ended and not batch):
                     self._drain(batch, ended, embedder, report, progress)
@@ -289,10 +297,10 @@ class IngestRunner:
     def _drain(
         self,
         batch: list[_Page],
-        ended: list[_Job],
+        ended: list[_Document],
         embedder: PageEmbedder,
         report: IngestReport,
-        progress: Progress,
+        progress: IngestProgress,
     ) -> None:
         """Embed and store the batch, then finish the documents whose pages are all stored."""
         self._store(batch, embedder, report)
@@ -307,7 +315,7 @@ class IngestRunner:
         self._notify(progress)
 
     def _render_all(
-        self, jobs: list[_Job], out: queue.Queue[object], stop: threading.Event
+        self, jobs: list[_Document], out: queue.Queue[object], stop: threading.Event
     ) -> None:
         def put(item: object) -> None:
             while not stop.is_set():
@@ -419,7 +427,7 @@ class IngestRunner:
             ingested_at=now(),
         )
 
-    def _finish(self, job: _Job, report: IngestReport) -> None:
+    def _finish(self, job: _Document, report: IngestReport) -> None:
         stored = set(self.index.page_ids(job.doc_id))
         # Every page before the end is stored or skipped with a reason (this run or an
         # interrupted one: a skipped page is never stored, so a resumed run retries it).
@@ -448,7 +456,7 @@ class IngestRunner:
         report.indexed_documents += 1
         report.skipped_documents += len(job.files) - 1  # identical copies are stored once
 
-    def _warn_partial(self, job: _Job, end: int, report: IngestReport) -> None:
+    def _warn_partial(self, job: _Document, end: int, report: IngestReport) -> None:
         """One warning per skipped page (the first few), one for a cap or budget cut."""
         source = job.files[0].source
         skipped = sorted(job.skipped.items())
@@ -471,7 +479,9 @@ class IngestRunner:
         )
         report.warnings.append({"source": source, "warning": warning})
 
-    def _cancel(self, jobs: list[_Job], deleted: Collection[str], report: IngestReport) -> None:
+    def _cancel(
+        self, jobs: list[_Document], deleted: Collection[str], report: IngestReport
+    ) -> None:
         """Stop ingesting the documents that were just deleted (already removed)."""
         for job in jobs:
             if job.doc_id in deleted and not job.cancelled:
@@ -479,7 +489,7 @@ class IngestRunner:
                 error = "deleted while it was being ingested; nothing of it is kept"
                 report.failed.extend({"source": f.source, "error": error} for f in job.files)
 
-    def _abort(self, job: _Job, error: str, report: IngestReport) -> None:
+    def _abort(self, job: _Document, error: str, report: IngestReport) -> None:
         """Nothing is kept of a document that cannot be read."""
         job.failed = True
         self.remove(job.doc_id)

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from ingest.discover import Shard
 from ingest.diskspace import DiskFullError
-from ingest.runner import Progress as IngestProgress
+from ingest.runner import IngestProgress
 from rag.config import SearchMode, Settings
 from rag.errors import EXIT_CONFIG
 from rag.ids import IdError, doc_prefix

@@ -14,7 +14,7 @@ from ingest.discover import Shard
 from ingest.diskspace import DiskFullError, optimize_needs, require_free
 from ingest.manifest import Manifest
 from ingest.render import RenderLimits
-from ingest.runner import IngestRunner, Progress
+from ingest.runner import IngestProgress, IngestRunner
 from ingest.sandbox import RenderSandbox
 from rag.answer import AnswerStream
 from rag.config import SEARCH_MODES, SearchMode, Settings
@@ -110,7 +110,7 @@ class PageRAG:
             return self._retriever
 
     # -- ingestion ------------------------------------------------------------------------
-    def _runner(self, on_progress: Callable[[Progress], None] | None = None) -> IngestRunner:
+    def _runner(self, on_progress: Callable[[IngestProgress], None] | None = None) -> IngestRunner:
         return IngestRunner(
             self.manifest,
             self.index,
@@ -152,7 +152,7 @@ class PageRAG:
         tags: Sequence[str] = (),
         sources: dict[Path, str] | None = None,
         passwords: dict[str, str] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[IngestProgress], None] | None = None,
         shard: Shard | None = None,
     ) -> IngestReport:
         """Ingest files and folders (see `IngestRunner.run`); with `shard`, only its part."""

@@ -14,8 +14,8 @@ from rag.eval.datasets import (
     open_dataset,
     page_key,
 )
+from rag.eval.evaluate import EvalReport, evaluate
 from rag.eval.metrics import MEASURES, anls, exact_match, latency_ms, retrieval_metrics
-from rag.eval.runner import EvalReport, evaluate
 
 __all__ = [
     "MEASURES",

@@ -35,7 +35,7 @@ from rag.server.jobstore import JobStore
 from rag.server.modelqueue import QueueFull
 
 if TYPE_CHECKING:
-    from ingest.runner import Progress
+    from ingest.runner import IngestProgress
     from rag.service import PageRAG
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ class JobManager:
                     f.status = "unchanged" if f.doc_id in known else "indexed"
         self._end(job, "done")
 
-    def _progress(self, job: Job, p: Progress) -> None:
+    def _progress(self, job: Job, p: IngestProgress) -> None:
         with self._lock:
             job.files_total, job.files_done = p.files_total, p.files_done
             job.pages_total, job.pages_done = p.pages_total, p.pages_done

@@ -23,7 +23,7 @@ from rag.eval.metrics import (
 )
 
 if TYPE_CHECKING:
-    from ingest.runner import Progress
+    from ingest.runner import IngestProgress
     from rag.config import SearchMode
     from rag.service import PageRAG
 
@@ -58,7 +58,7 @@ def evaluate(
     mode: SearchMode,
     k: int = 10,
     answers: bool = False,
-    on_ingest: Callable[[Progress], None] | None = None,
+    on_ingest: Callable[[IngestProgress], None] | None = None,
     on_query: QueryProgress | None = None,
 ) -> EvalReport:
     """Ingest `dataset.root` (incrementally), search each question, compute the metrics."""
