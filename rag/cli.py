@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -33,7 +33,10 @@ from ingest.runner import IngestProgress
 from rag.config import SearchMode, Settings
 from rag.errors import EXIT_CONFIG
 from rag.ids import IdError, doc_prefix
-from rag.types import SearchFilter
+from rag.types import IngestReport, SearchFilter
+
+if TYPE_CHECKING:  # the eval package imports datasets and ir-measures: only when evaluating
+    from rag.eval import EvalReport
 
 EXIT_FAILED_FILES = 1  # ingestion finished, some files could not be read; EXIT_CONFIG is 3
 
@@ -87,6 +90,20 @@ def _die_known(exc: Exception) -> None:
     if isinstance(exc, UserError):
         _die(str(exc), exc.exit_code)
     raise exc
+
+
+def _bar(*extra: TextColumn, quiet: bool) -> Progress:
+    """The progress bar of long commands, on stderr; off for --json and when not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra[:1],
+        TimeElapsedColumn(),
+        *extra[1:],
+        console=err,
+        disable=quiet or not err.is_terminal,
+    )
 
 
 def _print_json(data: object) -> None:
@@ -162,16 +179,8 @@ def ingest(
         passwords[name] = secret
     service = _service()
     try:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[current]}"),
-            console=err,
-            disable=as_json or not err.is_terminal,
-        ) as bar:
+        columns = TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[current]}")
+        with _bar(*columns, quiet=as_json) as bar:
             files = bar.add_task("files", total=None, rate="", current="")
             pages = bar.add_task("pages", total=None, rate="", current="")
 
@@ -194,20 +203,24 @@ def ingest(
         _die_known(exc)
     finally:
         service.close()
-    if as_json:
-        _print_json(asdict(report))
-    else:
-        out.print(
-            f"indexed {report.indexed_documents} documents ({report.indexed_pages} pages), "
-            f"skipped {report.skipped_documents} unchanged, {len(report.failed)} failed "
-            f"in {report.seconds:.1f} s"
-        )
-        for failure in report.failed:
-            err.print(f"[red]failed:[/] {failure['source']}: {failure['error']}", highlight=False)
-        for warning in report.warnings:
-            err.print(f"[yellow]warning:[/] {warning['source']}: {warning['warning']}")
+    _print_ingest_report(report, as_json)
     if report.failed:
         raise typer.Exit(EXIT_FAILED_FILES)
+
+
+def _print_ingest_report(report: IngestReport, as_json: bool) -> None:
+    if as_json:
+        _print_json(asdict(report))
+        return
+    out.print(
+        f"indexed {report.indexed_documents} documents ({report.indexed_pages} pages), "
+        f"skipped {report.skipped_documents} unchanged, {len(report.failed)} failed "
+        f"in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        err.print(f"[red]failed:[/] {failure['source']}: {failure['error']}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning['source']}: {warning['warning']}")
 
 
 @app.command()
@@ -402,14 +415,7 @@ def eval_(
         except Exception as exc:
             _die_known(exc)
         try:
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                disable=as_json or not err.is_terminal,
-            ) as bar:
+            with _bar(quiet=as_json) as bar:
                 ingest_task = bar.add_task("ingest pages", total=None)
                 tasks: dict[str, TaskID] = {}
 
@@ -437,6 +443,10 @@ def eval_(
     if as_json:
         _print_json(result.to_dict())
         return
+    _print_eval(result, k)
+
+
+def _print_eval(result: EvalReport, k: int) -> None:
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     table = Table("metric", "value", title=f"{result.dataset}: {result.mode} search, k={k}")
