@@ -17,6 +17,7 @@ from rag.config import Settings
 from rag.service import PageRAG
 from tests import hostile
 from tests.ingest.test_page_skips import LETTER, SLOW
+from tests.ingesting import ingest_service
 
 
 def blank_pages_pdf(count: int) -> bytes:
@@ -93,16 +94,11 @@ def make_service(tmp_path: Path, tiny_colqwen_dir: Path, tiny_retriever) -> Iter
     made: list[PageRAG] = []
 
     def make(**budgets: float) -> PageRAG:
-        settings = Settings(
-            _env_file=None,
-            data_dir=tmp_path / "data",
-            retriever_model=str(tiny_colqwen_dir),
-            device="cpu",
-            max_visual_tokens=32,
-            render_dpi=36,
-            **budgets,
+        made.append(
+            ingest_service(
+                tmp_path / "data", tiny_colqwen_dir, tiny_retriever, render_dpi=36, **budgets
+            )
         )
-        made.append(PageRAG(settings, retriever=tiny_retriever))
         return made[-1]
 
     yield make

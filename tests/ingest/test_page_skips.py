@@ -13,11 +13,11 @@ from ingest.discover import file_sha256
 from ingest.manifest import Manifest
 from ingest.runner import IngestRunner, page_image_dir
 from ingest.sandbox import RenderSandbox
-from rag.config import Settings
 from rag.index import EdgeIndex
 from rag.service import PageRAG
 from tests import hostile
 from tests.ingest.test_runner import FlakyIndex
+from tests.ingesting import ingest_service
 
 LETTER = b"[0 0 612 792]"
 FONT = b"<< /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >>"
@@ -46,16 +46,7 @@ def pages_pdf(boxes: list[bytes], *, missing: int | None = None, slow: int | Non
 
 @pytest.fixture
 def service(tmp_path: Path, tiny_colqwen_dir: Path, tiny_retriever) -> Iterator[PageRAG]:
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "data",
-        retriever_model=str(tiny_colqwen_dir),
-        device="cpu",
-        max_visual_tokens=32,
-        render_dpi=50,
-        render_timeout_s=1,
-    )
-    svc = PageRAG(settings, retriever=tiny_retriever)
+    svc = ingest_service(tmp_path / "data", tiny_colqwen_dir, tiny_retriever, render_timeout_s=1)
     yield svc
     svc.close()
 

@@ -16,10 +16,10 @@ from reportlab.pdfgen import canvas
 from ingest.manifest import Manifest
 from ingest.runner import UPSERT_ATTEMPTS, IngestRunner
 from ingest.sandbox import RenderSandbox
-from rag.config import Settings
 from rag.index import EdgeIndex
 from rag.service import PageRAG
 from tests import hostile
+from tests.ingesting import ingest_service
 from tests.pdfs import make_pdf
 
 
@@ -34,18 +34,14 @@ def encrypted_pdf(path: Path, user: str, owner: str) -> Path:
 
 @pytest.fixture
 def service(tmp_path: Path, tiny_colqwen_dir: Path, tiny_retriever) -> Iterator[PageRAG]:
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "data",
-        retriever_model=str(tiny_colqwen_dir),
-        device="cpu",
-        max_visual_tokens=32,
-        render_dpi=50,
+    svc = ingest_service(
+        tmp_path / "data",
+        tiny_colqwen_dir,
+        tiny_retriever,
         render_timeout_s=2,
         max_pages_per_document=3,
         image_max_pixels=50_000_000,
     )
-    svc = PageRAG(settings, retriever=tiny_retriever)
     yield svc
     svc.close()
 
