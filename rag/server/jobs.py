@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -390,14 +390,23 @@ class JobManager:
             job.current = p.current
 
     def _end(self, job: Job, state: JobState, message: str = "") -> None:
-        with self._lock:
-            job.state, job.message, job.finished_at = state, message, _now()
-            if state == "failed":
-                for f in job.files:
-                    if f.status == "queued":
-                        f.status, f.error = "failed", message
-        self._save(job)
+        # The ended record is stored first, then the staged files go, and only then do readers
+        # see the end: whoever sees "done" can rely on the cleanup, and a crash in between
+        # leaves a record that says the job ended (nothing is resumed twice).
+        ended = replace(job, state=state, message=message, finished_at=_now())
+        if state == "failed":
+            ended.files = [
+                replace(f, status="failed", error=message) if f.status == "queued" else f
+                for f in job.files
+            ]
+        try:
+            self.store.save(ended.record())
+        except Exception:  # the job ended anyway; only a restart would not know
+            log.exception("saving the record of job %s failed", job.id)
         self._discard(job)
+        with self._lock:
+            job.state, job.message, job.finished_at = ended.state, ended.message, ended.finished_at
+            job.files = ended.files
 
     def _discard(self, job: Job) -> None:
         if job.folder is not None:
