@@ -34,6 +34,12 @@ class HeatmapError(UserError):
     """The page cannot be mapped (not stored, or stored without its patch grid)."""
 
 
+class PageNotStored(HeatmapError):
+    """No such page in the index."""
+
+    http_status = 404
+
+
 @dataclass(frozen=True)
 class Heatmap:
     image: Image.Image  # the page with the map laid over it
@@ -122,7 +128,7 @@ def page_heatmaps(
         hit = service.index.page(doc_id, page)
         vectors = service.index.page_vectors(doc_id, page)
         if hit is None or vectors is None:
-            raise HeatmapError(f"document {doc_id[:12]} has no page {page}")
+            raise PageNotStored(f"document {doc_id[:12]} has no page {page}")
         stored.append((hit, vectors))
     query = service.embed_query(question)
     # The score visual search gives the page: exact MaxSim of the float16-rounded query over

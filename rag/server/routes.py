@@ -325,9 +325,8 @@ async def page_heatmap_image(
     """The page with a similarity map of the query laid over it: bright regions matched it.
     The page's MaxSim score for the query (as visual search ranks it) is in the
     `X-PageRAG-Score` header."""
-    if doc_id in await run_in_threadpool(service.pending) or (
-        await run_in_threadpool(service.index.page, doc_id, page) is None
-    ):
+    # A page that is not stored is a 404 from `page_heatmap` itself, before any model call.
+    if doc_id in await run_in_threadpool(service.pending):  # shown once the document is whole
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id[:12]} has no page {page}")
     with await admit(work):
         heatmap = await run_in_threadpool(page_heatmap, service, query, doc_id, page)

@@ -8,7 +8,7 @@ import pytest
 from ingest.diskspace import DiskFullError
 from rag.errors import UserError, user_error_status
 from rag.eval.datasets import DatasetError
-from rag.heatmap import HeatmapError
+from rag.heatmap import HeatmapError, PageNotStored
 from rag.ids import IdError
 from rag.index.base import IndexMismatchError, IndexUnavailableError
 from rag.models.generator import GenerationError
@@ -22,6 +22,7 @@ CASES = [
     (DocumentPending("x"), 409, 3),
     (DeletionQueued("ab" * 32, 1.0), 400, 3),
     (HeatmapError("x"), 400, 3),
+    (PageNotStored("x"), 404, 3),
     (GenerationError("x"), 422, 3),
     (ModelLoadError("x"), 503, 3),
     (IndexMismatchError("x"), 503, 3),
