@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.types import FileError
+
 EXTENSIONS = {".pdf", ".png", ".jpg", ".jpeg"}
 _CHUNK = 1 << 20
 
@@ -55,14 +57,14 @@ def shard_of(source: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count + 1
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[dict[str, str]]]:
+def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[FileError]]:
     """Expand files and folders (recursively) into source files; missing paths become errors.
 
     Folders contribute files with a PDF or image extension; a file named explicitly is always
     taken, and its content decides later whether it can be read.
     """
     found: dict[Path, SourceFile] = {}
-    errors: list[dict[str, str]] = []
+    errors: list[FileError] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
@@ -77,7 +79,7 @@ def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[dict[str, st
             resolved = path.resolve()
             found.setdefault(resolved, SourceFile(resolved, path.name))
         else:
-            errors.append({"source": str(raw), "error": "no such file or folder"})
+            errors.append(FileError(str(raw), "no such file or folder"))
     return list(found.values()), errors
 
 

@@ -34,7 +34,7 @@ from ingest.manifest import Manifest, now
 from ingest.render import RenderError, SkippedPage
 from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
 from rag.index.base import PageIndex, permanent_error
-from rag.types import IngestReport, PageEmbedding, PageRecord
+from rag.types import FileError, FileWarning, IngestReport, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
 
@@ -462,11 +462,11 @@ class IngestRunner:
         skipped = sorted(job.skipped.items())
         for number, reason in skipped[:MAX_PAGE_WARNINGS]:
             warning = f"page {number} is not indexed: {reason}"
-            report.warnings.append({"source": source, "warning": warning})
+            report.warnings.append(FileWarning(source, warning))
         if len(skipped) > MAX_PAGE_WARNINGS:
             more = [str(n) for n, _ in skipped[MAX_PAGE_WARNINGS:]]
             warning = f"{len(more)} more pages are not indexed (pages {', '.join(more[:50])})"
-            report.warnings.append({"source": source, "warning": warning})
+            report.warnings.append(FileWarning(source, warning))
         if job.stop is not None:
             budget = job.stop.budget
         elif job.total > job.pages:
@@ -477,7 +477,7 @@ class IngestRunner:
             f"only the first {end} of {job.total} pages are indexed: the document reached "
             f"{budget}; to index the rest, raise it, delete the document and ingest it again"
         )
-        report.warnings.append({"source": source, "warning": warning})
+        report.warnings.append(FileWarning(source, warning))
 
     def _cancel(
         self, jobs: list[_Document], deleted: Collection[str], report: IngestReport
@@ -487,7 +487,7 @@ class IngestRunner:
             if job.doc_id in deleted and not job.cancelled:
                 job.failed = job.cancelled = True
                 error = "deleted while it was being ingested; nothing of it is kept"
-                report.failed.extend({"source": f.source, "error": error} for f in job.files)
+                report.failed.extend(FileError(f.source, error) for f in job.files)
 
     def _abort(self, job: _Document, error: str, report: IngestReport) -> None:
         """Nothing is kept of a document that cannot be read."""
@@ -497,7 +497,7 @@ class IngestRunner:
             self._fail(file, error, report)
 
     def _fail(self, file: SourceFile, error: str, report: IngestReport) -> None:
-        report.failed.append({"source": file.source, "error": error})
+        report.failed.append(FileError(file.source, error))
         self.manifest.record_failure(str(file.path), file.source, error)
 
     # -- sources and removal --------------------------------------------------------------

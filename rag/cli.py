@@ -218,9 +218,9 @@ def _print_ingest_report(report: IngestReport, as_json: bool) -> None:
         f"in {report.seconds:.1f} s"
     )
     for failure in report.failed:
-        err.print(f"[red]failed:[/] {failure['source']}: {failure['error']}", highlight=False)
+        err.print(f"[red]failed:[/] {failure.source}: {failure.error}", highlight=False)
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning['source']}: {warning['warning']}")
+        err.print(f"[yellow]warning:[/] {warning.source}: {warning.warning}")
 
 
 @app.command()

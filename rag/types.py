@@ -86,13 +86,29 @@ class DocumentInfo:
     bytes: int = 0
 
 
+@dataclass(frozen=True)
+class FileError:
+    """A file that was not ingested, and why (the message says what to do about it)."""
+
+    source: str
+    error: str
+
+
+@dataclass(frozen=True)
+class FileWarning:
+    """A file that was ingested with something missing (pages skipped, a budget reached)."""
+
+    source: str
+    warning: str
+
+
 @dataclass
 class IngestReport:
     indexed_documents: int = 0
     indexed_pages: int = 0
     skipped_documents: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)  # {source, error}
-    warnings: list[dict[str, str]] = field(default_factory=list)  # {source, warning}
+    failed: list[FileError] = field(default_factory=list)
+    warnings: list[FileWarning] = field(default_factory=list)
     seconds: float = 0.0
 
 

@@ -65,7 +65,7 @@ def evaluate(
     notify = on_query or (lambda _stage, _done, _total: None)
     started = time.perf_counter()
     report = service.ingest([dataset.root], on_progress=on_ingest)
-    warnings = [f"{f['source']}: not ingested ({f['error']})" for f in report.failed]
+    warnings = [f"{f.source}: not ingested ({f.error})" for f in report.failed]
     for key, text in dataset.page_texts.items():
         doc_id, page = key.rsplit(":", 1)
         service.index.set_page_text(doc_id, int(page), text)

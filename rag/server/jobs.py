@@ -371,9 +371,9 @@ class JobManager:
             job.indexed_documents = report.indexed_documents
             job.indexed_pages = report.indexed_pages
             job.skipped_documents = report.skipped_documents
-            job.errors.extend(report.failed)
-            job.warnings.extend(report.warnings)
-            failed = {f["source"]: f["error"] for f in report.failed}
+            job.errors.extend(asdict(f) for f in report.failed)
+            job.warnings.extend(asdict(w) for w in report.warnings)
+            failed = {f.source: f.error for f in report.failed}
             for f in job.files:
                 if f.status == "failed":
                     continue

@@ -127,7 +127,7 @@ def test_a_document_cut_by_a_budget_is_done_with_the_pages_kept(
     assert service.index.page_ids(doc.doc_id) == list(range(1, doc.pages + 1))
     assert service.index.count() == doc.pages and service.manifest.pending() == []
     [warning] = report.warnings
-    assert warning["warning"].startswith(
+    assert warning.warning.startswith(
         f"only the first {doc.pages} of 5000 pages are indexed: the document reached {setting}"
     )
     images = page_image_dir(service.settings.images_dir, doc.doc_id)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from ingest.discover import describe_content, discover, file_sha256, sniff_kind
+from rag.types import FileError
 
 
 def test_discover_recurses_and_keeps_relative_sources(tmp_path: Path) -> None:
@@ -10,7 +11,7 @@ def test_discover_recurses_and_keeps_relative_sources(tmp_path: Path) -> None:
     (tmp_path / "a" / "notes.txt").write_text("skip me")
     files, errors = discover([tmp_path / "a", tmp_path / "a" / "y.png", tmp_path / "missing"])
     assert sorted(f.source for f in files) == ["b/x.PDF", "y.png"]  # no duplicate for y.png
-    assert errors == [{"source": str(tmp_path / "missing"), "error": "no such file or folder"}]
+    assert errors == [FileError(str(tmp_path / "missing"), "no such file or folder")]
     assert all(f.path.is_absolute() for f in files)
 
 

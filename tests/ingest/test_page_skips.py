@@ -70,9 +70,9 @@ def test_one_bad_page_is_skipped_and_the_rest_indexed(
     assert (doc.source, doc.pages) == (name, 2)  # the pages stored, as /status counts them
     assert service.index.page_ids(doc.doc_id) == [1, 3]
     [warning] = report.warnings
-    assert warning["source"] == name
-    assert warning["warning"].startswith("page 2 is not indexed: ")
-    assert reason in warning["warning"]
+    assert warning.source == name
+    assert warning.warning.startswith("page 2 is not indexed: ")
+    assert reason in warning.warning
     for page in (1, 3):
         [hit] = service.search(f"word{page}", k=1, mode="text")
         assert (hit.doc_id, hit.page) == (doc.doc_id, page)
@@ -87,10 +87,10 @@ def test_a_document_with_no_renderable_page_still_fails(service: PageRAG, tmp_pa
     path = hostile.write(tmp_path / "in" / "all-bad.pdf", pages_pdf([b"[0 0 3 3]"] * 2, missing=2))
     report = service.ingest([path])
     [failure] = report.failed
-    assert failure["source"] == "all-bad.pdf"
-    assert "no page of the document could be rendered" in failure["error"]
-    assert "page 1 has an absurd shape" in failure["error"]
-    assert "page 2 cannot be loaded" in failure["error"]
+    assert failure.source == "all-bad.pdf"
+    assert "no page of the document could be rendered" in failure.error
+    assert "page 1 has an absurd shape" in failure.error
+    assert "page 2 cannot be loaded" in failure.error
     assert service.documents() == [] and service.index.count() == 0
     doc_id, _ = file_sha256(path)
     assert not page_image_dir(service.settings.images_dir, doc_id).exists()
@@ -125,12 +125,12 @@ def test_an_interrupted_run_resumes_a_document_with_a_skipped_page(
 
     flaky.upsert = fail_after_first_batch  # type: ignore[method-assign]
     first = runner(flaky).run([path])
-    assert first.indexed_documents == 0 and "vector store failed" in first.failed[0]["error"]
+    assert first.indexed_documents == 0 and "vector store failed" in first.failed[0].error
     [doc_id] = Manifest(tmp_path / "manifest.sqlite3").pending()
     assert edge.page_ids(doc_id) == [1]
     again = runner(edge).run([path])
     assert (again.indexed_documents, again.indexed_pages, again.failed) == (1, 1, [])
-    assert [w["warning"][:22] for w in again.warnings] == ["page 2 is not indexed:"]
+    assert [w.warning[:22] for w in again.warnings] == ["page 2 is not indexed:"]
     assert edge.page_ids(doc_id) == [1, 3]
     manifest = Manifest(tmp_path / "manifest.sqlite3")
     assert manifest.pending() == [] and manifest.documents()[0].pages == 2

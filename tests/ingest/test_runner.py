@@ -87,7 +87,7 @@ def test_hostile_folder(service: PageRAG, tmp_path: Path, corpus: Path) -> None:
     started = time.monotonic()
     report = service.ingest([folder])
     assert time.monotonic() - started < 60
-    failed = {f["source"]: f["error"] for f in report.failed}
+    failed = {f.source: f.error for f in report.failed}
     for name, reason in HOSTILE.items():
         if name == "truncated.pdf" and name not in failed:
             continue
@@ -98,7 +98,7 @@ def test_hostile_folder(service: PageRAG, tmp_path: Path, corpus: Path) -> None:
     assert not set(indexed) & set(failed)  # nothing stored for a failed file
     # Page cap: 3 of 5 pages, with a warning that says so.
     assert indexed["long.pdf"].pages == 3
-    assert any("3 of 5 pages" in w["warning"] for w in report.warnings)
+    assert any("3 of 5 pages" in w.warning for w in report.warnings)
     assert service.index.count() == sum(d.pages for d in indexed.values())
     assert service.manifest.pending() == []
 
@@ -106,7 +106,7 @@ def test_hostile_folder(service: PageRAG, tmp_path: Path, corpus: Path) -> None:
 def test_password_given_per_file(service: PageRAG, tmp_path: Path) -> None:
     path = encrypted_pdf(tmp_path / "in" / "locked.pdf", user="open sesame", owner="boss")
     wrong = service.ingest([path], passwords={"locked.pdf": "nope"})
-    assert "password given for this PDF is wrong" in wrong.failed[0]["error"]
+    assert "password given for this PDF is wrong" in wrong.failed[0].error
     right = service.ingest([path], passwords={"locked.pdf": "open sesame"})
     assert (right.indexed_documents, right.failed) == (1, [])
 
@@ -166,7 +166,7 @@ def test_store_outage_keeps_document_pending_and_next_run_completes(
 
     flaky.upsert = fail_after_first_batch  # type: ignore[method-assign]
     report = runner.run([tmp_path / "in"])
-    assert report.indexed_documents == 0 and "vector store failed" in report.failed[0]["error"]
+    assert report.indexed_documents == 0 and "vector store failed" in report.failed[0].error
     [doc_id] = runner.manifest.pending()
     assert edge.page_ids(doc_id) == [1, 2]  # what was stored is kept
     assert runner.manifest.failures()[0]["source"] == "a.pdf"
@@ -200,5 +200,5 @@ def test_one_retry_layer_for_a_qdrant_server(
     monkeypatch.setattr(index, "_send", down)
     make_pdf(tmp_path / "in" / "a.pdf", ["one", "two"])
     report = _runner(tmp_path, index, tiny_retriever).run([tmp_path / "in"])
-    assert "vector store failed" in report.failed[0]["error"]
+    assert "vector store failed" in report.failed[0].error
     assert len(sent) == sends
