@@ -102,11 +102,14 @@ class Manifest:
                 (doc_id, title, pages, size, kind, json.dumps(sorted(tags)), now()),
             )
 
-    def finish(self, doc_id: str) -> None:
+    def finish(self, doc_id: str, pages: int | None = None) -> None:
+        """Mark the document done; `pages`: the count actually stored (pages skipped or past
+        a budget are not), which the listing shows."""
         with self._tx() as db:
             db.execute(
-                "UPDATE documents SET state = 'done', ingested_at = ? WHERE doc_id = ?",
-                (now(), doc_id),
+                "UPDATE documents SET state = 'done', ingested_at = ?,"
+                " pages = COALESCE(?, pages) WHERE doc_id = ?",
+                (now(), pages, doc_id),
             )
 
     def remove_document(self, doc_id: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -30,10 +29,11 @@ from ingest.discover import (
     sniff_kind,
 )
 from ingest.diskspace import DiskFullError
-from ingest.manifest import Manifest, now
+from ingest.library import Library
+from ingest.manifest import now
 from ingest.render import RenderError, SkippedPage
 from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
-from rag.index.base import PageIndex, permanent_error
+from rag.index.base import permanent_error
 from rag.types import FileError, FileWarning, IngestReport, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
@@ -106,18 +106,12 @@ def _nothing_rendered(job: _Document) -> str:
     return "no page of the document could be rendered: " + "; ".join(reasons)
 
 
-def page_image_dir(images_dir: Path, doc_id: str) -> Path:
-    return images_dir / doc_id[:2] / doc_id
-
-
 class IngestRunner:
     def __init__(
         self,
-        manifest: Manifest,
-        index: PageIndex,
+        library: Library,
         embedder: Callable[[], PageEmbedder],
         *,
-        images_dir: Path,
         sandbox: RenderSandbox | None = None,
         batch_size: int = 4,
         on_progress: Callable[[IngestProgress], None] | None = None,
@@ -125,10 +119,9 @@ class IngestRunner:
         check_space: Callable[[], None] | None = None,
         between_batches: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        self.manifest = manifest
-        self.index = index
+        self.library = library
+        self.index = library.index  # upserts; everything else about a document goes via library
         self._embedder_factory = embedder  # called only when something needs embedding
-        self.images_dir = images_dir
         self.sandbox = sandbox or RenderSandbox()
         self.batch_size = batch_size
         self.retry_delay = retry_delay
@@ -203,8 +196,7 @@ class IngestRunner:
         if doc_id in jobs:  # same bytes as a file earlier in this run
             jobs[doc_id].files.append(file)
             return
-        row = self.manifest.document(doc_id)
-        if row is not None and row.state == "done":
+        if self.library.is_complete(doc_id):
             self._link(file, doc_id)
             report.skipped_documents += 1
             return
@@ -246,7 +238,7 @@ class IngestRunner:
         # Manifest and index are touched from this thread only; the producer just renders.
         self._check_space()
         for job in jobs:
-            self.manifest.begin(
+            job.stored = self.library.begin(
                 job.doc_id,
                 title=job.title,
                 pages=job.pages,
@@ -254,7 +246,6 @@ class IngestRunner:
                 kind=job.kind,
                 tags=job.tags,
             )
-            job.stored = frozenset(self.index.page_ids(job.doc_id))
             progress.pages_total -= len(job.stored)
         embedder = self._embedder_factory()
         pages: queue.Queue[object] = queue.Queue(maxsize=max(2 * self.batch_size, 4))
@@ -336,7 +327,7 @@ class IngestRunner:
                     for page in self.sandbox.render(
                         job.files[0].path,
                         job.kind,
-                        page_image_dir(self.images_dir, job.doc_id),
+                        self.library.images.folder(job.doc_id),
                         skip=set(job.stored),
                         password=job.password,
                     ):
@@ -428,7 +419,7 @@ class IngestRunner:
         )
 
     def _finish(self, job: _Document, report: IngestReport) -> None:
-        stored = set(self.index.page_ids(job.doc_id))
+        stored = self.library.stored_pages(job.doc_id)
         # Every page before the end is stored or skipped with a reason (this run or an
         # interrupted one: a skipped page is never stored, so a resumed run retries it).
         end = job.stop.next_page - 1 if job.stop else job.pages
@@ -440,17 +431,7 @@ class IngestRunner:
             self._abort(job, _nothing_rendered(job), report)
             return
         self._warn_partial(job, end, report)
-        if len(stored) != job.pages:  # the listing and /status count the pages stored
-            self.manifest.begin(
-                job.doc_id,
-                title=job.title,
-                pages=len(stored),
-                size=job.size,
-                kind=job.kind,
-                tags=job.tags,
-            )
-        self.index.flush()  # durable before the manifest says 'done'
-        self.manifest.finish(job.doc_id)
+        self.library.complete(job.doc_id, pages=len(stored))  # the pages stored, not skipped
         for file in job.files:
             self._link(file, job.doc_id)
         report.indexed_documents += 1
@@ -498,26 +479,11 @@ class IngestRunner:
 
     def _fail(self, file: SourceFile, error: str, report: IngestReport) -> None:
         report.failed.append(FileError(file.source, error))
-        self.manifest.record_failure(str(file.path), file.source, error)
+        self.library.record_failure(str(file.path), file.source, error)
 
     # -- sources and removal --------------------------------------------------------------
     def _link(self, file: SourceFile, doc_id: str) -> None:
-        """Record `file` as a path of `doc_id`; a changed file's old version goes away."""
-        before = self.manifest.sources(doc_id)
-        previous = self.manifest.link(str(file.path), file.source, doc_id)
-        after = self.manifest.sources(doc_id)
-        if after != before:
-            self.index.set_sources(doc_id, after[0], after)
-        if previous is not None:
-            if self.manifest.is_orphan(previous):
-                self.remove(previous)
-            else:
-                remaining = self.manifest.sources(previous)
-                self.index.set_sources(previous, remaining[0], remaining)
+        self.library.link(str(file.path), file.source, doc_id)
 
     def remove(self, doc_id: str) -> None:
-        """Delete a document's points, page images and manifest rows."""
-        self.index.delete_document(doc_id)
-        self.index.flush()
-        shutil.rmtree(page_image_dir(self.images_dir, doc_id), ignore_errors=True)
-        self.manifest.remove_document(doc_id)
+        self.library.remove(doc_id)

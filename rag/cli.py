@@ -514,7 +514,7 @@ def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Backend, models, device, and how much is stored."""
     service = _service()
     try:
-        data = service.info()
+        data = asdict(service.info())
     finally:
         service.close()
     if as_json:

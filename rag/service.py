@@ -12,6 +12,7 @@ from typing import Any
 
 from ingest.discover import Shard
 from ingest.diskspace import DiskFullError, optimize_needs, require_free
+from ingest.library import Library, PageImages
 from ingest.manifest import Manifest
 from ingest.render import RenderLimits
 from ingest.runner import IngestProgress, IngestRunner
@@ -25,7 +26,15 @@ from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
 from rag.index.text import TEXT_CHANNEL
 from rag.models.protocols import AnswerWriter, PageRetriever
 from rag.prompt import Turn, parse_citations
-from rag.types import Answer, Citation, DocumentInfo, Hit, IngestReport, SearchFilter
+from rag.types import (
+    Answer,
+    Citation,
+    DocumentInfo,
+    Hit,
+    IngestReport,
+    SearchFilter,
+    ServiceInfo,
+)
 from rag.writelock import Deletion, WriteLock
 
 EMBEDDING_DIM = 128
@@ -77,12 +86,13 @@ class PageRAG:
         self.index = index or open_index(settings)
         check_meta(self.index, self.index_meta())
         self.manifest = Manifest(settings.manifest_path)
+        self.library = Library(self.manifest, self.index, PageImages(settings.images_dir))
         self._retriever = retriever
         self._generator = generator
         self._model_lock = threading.Lock()  # one model call at a time (one GPU, many callers)
         # One ingestion or deletion at a time; deletions queue and run between two batches
         # of a running ingestion, so a DELETE never waits for a whole run (rag/writelock.py).
-        self._writes = WriteLock(lambda doc_id: self._runner().remove(doc_id))
+        self._writes = WriteLock(self.library.remove)
 
     def index_meta(self) -> dict[str, Any]:
         """What the stored vectors depend on; checked every time the index is opened."""
@@ -112,10 +122,8 @@ class PageRAG:
     # -- ingestion ------------------------------------------------------------------------
     def _runner(self, on_progress: Callable[[IngestProgress], None] | None = None) -> IngestRunner:
         return IngestRunner(
-            self.manifest,
-            self.index,
+            self.library,
             lambda: _Locked(self.retriever, self._model_lock),
-            images_dir=self.settings.images_dir,
             sandbox=self._sandbox(),
             batch_size=self.settings.batch_size,
             on_progress=on_progress,
@@ -346,7 +354,7 @@ class PageRAG:
 
     # -- library --------------------------------------------------------------------------
     def documents(self) -> list[DocumentInfo]:
-        return self.manifest.documents()
+        return self.library.documents()
 
     def resolve(self, doc_id: str) -> str:
         """A full document id from an id or a unique prefix of one (hex, see `rag.ids`)."""
@@ -387,7 +395,7 @@ class PageRAG:
 
     def pending(self) -> tuple[str, ...]:
         """Documents not complete yet (being ingested, or interrupted): never searchable."""
-        return tuple(self.manifest.pending())
+        return self.library.pending()
 
     def _visible(self, flt: SearchFilter | None) -> SearchFilter | None:
         """`flt` limited to complete documents: a document's pages are found only once all of
@@ -415,36 +423,36 @@ class PageRAG:
         info = self.manifest.info(full) or DocumentInfo(full, "", "", 0)
         return info, self._writes.delete(full)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ServiceInfo:
         from rag.models.device import resolve_device_dtype
 
         device, dtype = resolve_device_dtype(self.settings)
         docs = self.manifest.documents()
         pending = self.pending()
         index_bytes = self.index.bytes_on_disk()
-        images_bytes = _dir_size(self.settings.images_dir)
+        images_bytes = self.library.images.bytes()
         manifest_bytes = sum(
             _dir_size(p)
             for p in self.settings.data_dir.glob(self.settings.manifest_path.name + "*")
         )
-        return {
-            "backend": self.index.backend,
-            "data_dir": str(self.settings.data_dir),
-            "retriever_model": self.settings.retriever_model,
-            "retriever_loaded": self._retriever is not None,
-            "generator_model": self.settings.generator_model,
-            "generator_loaded": self._generator is not None,
-            "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
-            "documents": len(docs),
-            "pages": self.index.count(self._visible(None)),  # complete documents only
-            "pending_documents": len(pending),
-            "pending_pages": self.index.count(SearchFilter(doc_ids=pending)) if pending else 0,
-            "failed_files": len(self.manifest.failures()),
-            "bytes_on_disk": index_bytes + images_bytes + manifest_bytes,
-            "index_bytes": index_bytes,
-            "images_bytes": images_bytes,
-        }
+        return ServiceInfo(
+            backend=self.index.backend,
+            data_dir=str(self.settings.data_dir),
+            retriever_model=self.settings.retriever_model,
+            retriever_loaded=self._retriever is not None,
+            generator_model=self.settings.generator_model,
+            generator_loaded=self._generator is not None,
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            documents=len(docs),
+            pages=self.index.count(self._visible(None)),
+            pending_documents=len(pending),
+            pending_pages=self.index.count(SearchFilter(doc_ids=pending)) if pending else 0,
+            failed_files=len(self.manifest.failures()),
+            bytes_on_disk=index_bytes + images_bytes + manifest_bytes,
+            index_bytes=index_bytes,
+            images_bytes=images_bytes,
+        )
 
     def close(self) -> None:
         self.index.close()

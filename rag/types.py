@@ -113,6 +113,28 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
+class ServiceInfo:
+    """What the service runs and stores (`pagerag info`, GET /status, the UI's Status tab)."""
+
+    backend: str
+    data_dir: str
+    retriever_model: str
+    retriever_loaded: bool
+    generator_model: str
+    generator_loaded: bool
+    device: str
+    dtype: str
+    documents: int
+    pages: int  # of complete documents: what search can find
+    pending_documents: int  # being ingested, or interrupted
+    pending_pages: int
+    failed_files: int
+    bytes_on_disk: int  # index + page images + manifest
+    index_bytes: int
+    images_bytes: int
+
+
+@dataclass(frozen=True)
 class Citation:
     """A page shown to the generator, labelled `[label]` in its prompt."""
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.runner import page_image_dir
 from rag.config import SearchMode
 from rag.errors import UserError
 from rag.heatmap import page_heatmaps
@@ -178,7 +177,7 @@ def library(service: PageRAG) -> LibraryView:
     docs = sorted(service.documents(), key=lambda d: d.source.lower())
     thumbs = []
     for d in docs:
-        first = page_image_dir(service.settings.images_dir, d.doc_id) / "p0001.png"
+        first = service.library.images.path(d.doc_id, 1)
         if first.is_file():
             thumbs.append((str(first), f"{d.source} · {d.pages} pages"))
     return LibraryView(
@@ -272,21 +271,21 @@ def status(service: PageRAG, work: WorkQueue) -> str:
     queue = work.stats()
     mib = 1024 * 1024
     rows = [
-        ("Retriever", f"{info['retriever_model']} ({_loaded(info['retriever_loaded'])})"),
+        ("Retriever", f"{info.retriever_model} ({_loaded(info.retriever_loaded)})"),
         (
             "Generator",
-            f"{info.get('generator_model', '-')} ({_loaded(info.get('generator_loaded'))})",
+            f"{info.generator_model} ({_loaded(info.generator_loaded)})",
         ),
-        ("Device", f"{info['device']} · {info['dtype']}"),
-        ("Index backend", info["backend"]),
-        ("Documents", f"{info['documents']} ({info['pending_documents']} being ingested)"),
-        ("Pages", info["pages"]),
+        ("Device", f"{info.device} · {info.dtype}"),
+        ("Index backend", info.backend),
+        ("Documents", f"{info.documents} ({info.pending_documents} being ingested)"),
+        ("Pages", info.pages),
         (
             "Disk use",
-            f"{info['bytes_on_disk'] / mib:.1f} MiB (index {info['index_bytes'] / mib:.1f} MiB, "
-            f"page images {info['images_bytes'] / mib:.1f} MiB)",
+            f"{info.bytes_on_disk / mib:.1f} MiB (index {info.index_bytes / mib:.1f} MiB, "
+            f"page images {info.images_bytes / mib:.1f} MiB)",
         ),
-        ("Data directory", f"`{info['data_dir']}`"),
+        ("Data directory", f"`{info.data_dir}`"),
         (
             "Model queue",
             f"{queue['running']} running, {queue['waiting']} waiting "

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 import anyio
@@ -20,7 +21,6 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ingest.runner import page_image_dir
 from rag.answer import AnswerStream
 from rag.errors import user_error_status
 from rag.heatmap import page_heatmap
@@ -302,7 +302,7 @@ def get_job(job_id: JobId, jobs: JobsDep) -> JobOut:
 def page_image(doc_id: DocId, page: Page, service: ServiceDep) -> FileResponse:
     """The stored page image (PNG, as rendered at ingestion)."""
     # The path is built from the resolved id and a number, never from what the client sent.
-    path = page_image_dir(service.settings.images_dir, doc_id) / f"p{page:04d}.png"
+    path = service.library.images.path(doc_id, page)
     if doc_id in service.pending() or not path.is_file():  # shown once the document is whole
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"document {doc_id[:12]} has no page {page}")
     return FileResponse(path, media_type="image/png")
@@ -345,4 +345,4 @@ async def page_heatmap_image(
 @router.get("/status", tags=["status"])
 def server_status(service: ServiceDep, work: WorkDep) -> dict[str, Any]:
     """Models, device, backend, documents, pages, disk use, and the model queue."""
-    return {**service.info(), "queue": work.stats()}
+    return {**asdict(service.info()), "queue": work.stats()}

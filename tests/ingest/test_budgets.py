@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ingest.render import RenderLimits, SkippedPage
-from ingest.runner import page_image_dir
 from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
 from rag.config import Settings
 from rag.service import PageRAG
@@ -130,7 +129,7 @@ def test_a_document_cut_by_a_budget_is_done_with_the_pages_kept(
     assert warning.warning.startswith(
         f"only the first {doc.pages} of 5000 pages are indexed: the document reached {setting}"
     )
-    images = page_image_dir(service.settings.images_dir, doc.doc_id)
+    images = service.library.images.folder(doc.doc_id)
     assert len(list(images.iterdir())) == doc.pages
 
 

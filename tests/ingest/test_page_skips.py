@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from ingest.discover import file_sha256
+from ingest.library import Library, PageImages
 from ingest.manifest import Manifest
-from ingest.runner import IngestRunner, page_image_dir
+from ingest.runner import IngestRunner
 from ingest.sandbox import RenderSandbox
 from rag.index import EdgeIndex
 from rag.service import PageRAG
@@ -77,7 +78,7 @@ def test_one_bad_page_is_skipped_and_the_rest_indexed(
         [hit] = service.search(f"word{page}", k=1, mode="text")
         assert (hit.doc_id, hit.page) == (doc.doc_id, page)
     assert service.search("word2", k=1, mode="text") == []
-    images = page_image_dir(service.settings.images_dir, doc.doc_id)
+    images = service.library.images.folder(doc.doc_id)
     assert sorted(p.name for p in images.iterdir()) == ["p0001.png", "p0003.png"]
     assert service.manifest.pending() == []
     assert service.ingest([path]).skipped_documents == 1  # done: not rendered again
@@ -93,7 +94,7 @@ def test_a_document_with_no_renderable_page_still_fails(service: PageRAG, tmp_pa
     assert "page 2 cannot be loaded" in failure.error
     assert service.documents() == [] and service.index.count() == 0
     doc_id, _ = file_sha256(path)
-    assert not page_image_dir(service.settings.images_dir, doc_id).exists()
+    assert not service.library.images.folder(doc_id).exists()
 
 
 def test_an_interrupted_run_resumes_a_document_with_a_skipped_page(
@@ -105,11 +106,12 @@ def test_an_interrupted_run_resumes_a_document_with_a_skipped_page(
     edge = EdgeIndex(tmp_path / "index")
 
     def runner(index: Any) -> IngestRunner:
+        library = Library(
+            Manifest(tmp_path / "manifest.sqlite3"), index, PageImages(tmp_path / "pages")
+        )
         return IngestRunner(
-            Manifest(tmp_path / "manifest.sqlite3"),
-            index,
+            library,
             lambda: tiny_retriever,
-            images_dir=tmp_path / "pages",
             sandbox=RenderSandbox(dpi=50),
             batch_size=1,
             retry_delay=0.01,

@@ -13,6 +13,7 @@ import pytest
 from reportlab.lib.pdfencrypt import StandardEncryption
 from reportlab.pdfgen import canvas
 
+from ingest.library import Library, PageImages
 from ingest.manifest import Manifest
 from ingest.runner import UPSERT_ATTEMPTS, IngestRunner
 from ingest.sandbox import RenderSandbox
@@ -131,11 +132,10 @@ class FlakyIndex:
 
 
 def _runner(data: Path, index: Any, retriever: Any) -> IngestRunner:
+    library = Library(Manifest(data / "manifest.sqlite3"), index, PageImages(data / "pages"))
     return IngestRunner(
-        Manifest(data / "manifest.sqlite3"),
-        index,
+        library,
         lambda: retriever,
-        images_dir=data / "pages",
         sandbox=RenderSandbox(dpi=50),
         batch_size=2,
         retry_delay=0.01,
@@ -167,9 +167,9 @@ def test_store_outage_keeps_document_pending_and_next_run_completes(
     flaky.upsert = fail_after_first_batch  # type: ignore[method-assign]
     report = runner.run([tmp_path / "in"])
     assert report.indexed_documents == 0 and "vector store failed" in report.failed[0].error
-    [doc_id] = runner.manifest.pending()
+    [doc_id] = runner.library.manifest.pending()
     assert edge.page_ids(doc_id) == [1, 2]  # what was stored is kept
-    assert runner.manifest.failures()[0]["source"] == "a.pdf"
+    assert runner.library.manifest.failures()[0]["source"] == "a.pdf"
     # The server is back: the next run stores only the missing pages.
     again = _runner(tmp_path, edge, tiny_retriever).run([tmp_path / "in"])
     assert (again.indexed_documents, again.indexed_pages, again.failed) == (1, 4, [])

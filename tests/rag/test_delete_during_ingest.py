@@ -16,7 +16,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from ingest.runner import page_image_dir
 from rag.server.app import create_app
 from rag.service import PageRAG
 from tests.pdfs import make_pdf
@@ -100,7 +99,7 @@ def test_many_deletes_during_ingestion_answer_in_time_and_starve_nothing(
         assert client.get(f"{API}/status").json()["pending_documents"] == 1
     for doc in small:
         assert service.index.page_ids(doc) == []
-        assert not page_image_dir(service.settings.images_dir, doc).exists()
+        assert not service.library.images.folder(doc).exists()
 
 
 def test_deleting_the_document_being_ingested_stops_its_ingestion(service: PageRAG) -> None:
@@ -127,7 +126,7 @@ def test_deleting_the_document_being_ingested_stops_its_ingestion(service: PageR
         assert client.get(f"{API}/documents/{slow}").status_code == 404
     assert service.pending() == ()
     assert service.index.page_ids(slow) == []
-    assert not page_image_dir(service.settings.images_dir, slow).exists()
+    assert not service.library.images.folder(slow).exists()
     assert service.manifest.document(slow) is None
 
 

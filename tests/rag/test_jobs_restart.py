@@ -130,8 +130,8 @@ def test_kill_9_mid_upload_then_restart_resumes_and_hides_the_partial_document(
         hits = service.search("page", 50, mode="visual")
         assert hits and slow_id not in {h.doc_id for h in hits}
         info = service.info()
-        assert info["pages"] == 1 and info["pending_pages"] == len(stored)
-        assert info["pending_documents"] == 1
+        assert info.pages == 1 and info.pending_pages == len(stored)
+        assert info.pending_documents == 1
         with pytest.raises(Exception, match="not complete yet") as pending:
             service.document(slow_id)
         assert f"{len(stored)} of {PAGES} pages stored" in str(pending.value)

@@ -67,7 +67,7 @@ def test_text_mode_never_loads_the_retriever(service: PageRAG) -> None:
     assert all(h.page != 3 for h in hits)  # the scan has no text
     only_b = service.search("clove", 5, SearchFilter(source_prefix="b"), mode="text")
     assert [(h.source, h.page) for h in only_b] == [("b/b.pdf", 1)]
-    assert service._retriever is None and service.info()["retriever_loaded"] is False
+    assert service._retriever is None and service.info().retriever_loaded is False
     for mode in ("visual", "hybrid"):
         with pytest.raises(ModelLoadError, match="PAGERAG_RETRIEVER_MODEL"):
             service.search("clove", 5, mode=mode)  # type: ignore[arg-type]
