@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from PIL import Image
 
@@ -46,20 +46,30 @@ class PageEmbedder(Protocol):
     def embed_pages(self, images: Sequence[Image.Image]) -> list[PageEmbedding]: ...
 
 
+Stage = Literal["reading", "loading the model", "rendering", "embedding", "storing", "done"]
+
+
 @dataclass
 class IngestProgress:
-    """What a progress bar needs; passed to the callback after every change."""
+    """What a progress display needs; passed to the callback after every change. Counters
+    only grow: a file is done when it is indexed, found unchanged or failed; a page when it
+    is stored. `current` is the file being worked on now."""
 
+    stage: Stage = "reading"  # reading = hashing and opening files to plan the run
     files_total: int = 0
     files_done: int = 0
-    pages_total: int = 0
+    pages_total: int = 0  # pages still to store (0 while the run is being planned)
     pages_done: int = 0
+    indexed_documents: int = 0
     current: str = ""
     started: float = field(default_factory=time.monotonic)
+    embedding_started: float | None = None  # after the model loaded: the rate excludes it
 
     @property
     def pages_per_second(self) -> float:
-        elapsed = time.monotonic() - self.started
+        if self.embedding_started is None:
+            return 0.0
+        elapsed = time.monotonic() - self.embedding_started
         return self.pages_done / elapsed if elapsed > 0 else 0.0
 
 
@@ -167,18 +177,21 @@ class IngestRunner:
             files = [f for f in files if shard.owns(f.source)]
         report.failed.extend(missing)
         progress = IngestProgress(files_total=len(files))
+        self._notify(progress)
         jobs: dict[str, _Document] = {}
-        for file in files:
+        for planned, file in enumerate(files, 1):
             progress.current = file.source
-            self._plan(file, tags, jobs, report)
-            progress.files_done += 1
             self._notify(progress)
+            self._plan(file, tags, jobs, report)
+            # Unchanged and unreadable files are done now; the others when they are stored.
+            progress.files_done = planned - sum(len(j.files) for j in jobs.values())
         todo = list(jobs.values())
-        progress.files_done = progress.files_total - sum(len(j.files) for j in todo)
         progress.pages_total = sum(j.pages for j in todo)
         if todo:
             self._execute(todo, report, progress)
         report.seconds = time.monotonic() - started
+        progress.stage, progress.current = "done", ""
+        self._notify(progress)
         return report
 
     def _plan(
@@ -247,7 +260,11 @@ class IngestRunner:
                 tags=job.tags,
             )
             progress.pages_total -= len(job.stored)
+        progress.stage, progress.current = "loading the model", ""
+        self._notify(progress)
         embedder = self._embedder_factory()
+        progress.stage, progress.embedding_started = "rendering", time.monotonic()
+        self._notify(progress)
         pages: queue.Queue[object] = queue.Queue(maxsize=max(2 * self.batch_size, 4))
         stop = threading.Event()
         producer = threading.Thread(
@@ -261,6 +278,9 @@ class IngestRunner:
                 if isinstance(item, _Page):
                     if not item.job.failed:
                         batch.append(item)
+                        if progress.current != item.job.files[0].source:
+                            progress.current = item.job.files[0].source
+                            self._notify(progress)
                 elif isinstance(item, tuple):  # (job, error) from the renderer
                     self._check_space()  # a page image the full disk refused: stop, keep it
                     job, error = item
@@ -269,11 +289,14 @@ class IngestRunner:
                         self.remove(job.doc_id)  # images it rendered after the deletion
                     else:
                         self._abort(job, error, report)
+                    progress.files_done += len(job.files)  # its end never comes: done now
+                    self._notify(progress)
                 else:
                     assert isinstance(item, _Document)
                     ended.append(item)
                 if len(batch) >= self.batch_size or (ended and not batch):
                     self._drain(batch, ended, embedder, report, progress)
+                    progress.stage = "rendering"  # waiting for the next pages
                     batch, ended = [], []
                     self._cancel(jobs, self._between_batches(), report)
             self._drain(batch, ended, embedder, report, progress)
@@ -294,15 +317,15 @@ class IngestRunner:
         progress: IngestProgress,
     ) -> None:
         """Embed and store the batch, then finish the documents whose pages are all stored."""
-        self._store(batch, embedder, report)
+        self._store(batch, embedder, report, progress)
         for job in ended:
             if job.cancelled:
                 self.remove(job.doc_id)  # images it rendered after the deletion
             elif not job.failed:
                 self._finish(job, report)
             progress.files_done += len(job.files)
-            progress.current = job.files[0].source
         progress.pages_done = report.indexed_pages
+        progress.indexed_documents = report.indexed_documents
         self._notify(progress)
 
     def _render_all(
@@ -353,11 +376,19 @@ class IngestRunner:
         finally:
             put(_END)
 
-    def _store(self, batch: list[_Page], embedder: PageEmbedder, report: IngestReport) -> None:
+    def _store(
+        self,
+        batch: list[_Page],
+        embedder: PageEmbedder,
+        report: IngestReport,
+        progress: IngestProgress,
+    ) -> None:
         if not batch:
             return
         self._check_space()  # before the batch's vectors and WAL entries are written
         jobs = {id(p.job): p.job for p in batch}.values()
+        progress.stage = "embedding"
+        self._notify(progress)
         try:
             embeddings = embedder.embed_pages([p.image for p in batch])
         except Exception as exc:
@@ -366,6 +397,8 @@ class IngestRunner:
                 self._abort(job, f"embedding failed ({type(exc).__name__}: {exc})", report)
             return
         records = [self._record(p, e) for p, e in zip(batch, embeddings, strict=True)]
+        progress.stage = "storing"
+        self._notify(progress)
         try:
             self._upsert(records, embeddings)
         except (ValueError, TypeError) as exc:  # vectors the store rejects: a bad document
