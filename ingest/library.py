@@ -14,7 +14,7 @@ from pathlib import Path
 from ingest.manifest import Manifest
 from ingest.worker import image_path
 from rag.index.base import PageIndex
-from rag.types import DocumentInfo
+from rag.types import DocumentInfo, PageEmbedding
 
 
 class PageImages:
@@ -89,6 +89,29 @@ class Library:
         self.index.flush()
         self.images.remove(doc_id)
         self.manifest.remove_document(doc_id)
+
+    # -- pages waiting for their visual vectors (stored while the retriever could not load) --
+    def expect_visual(self, pages: list[tuple[str, int]]) -> None:
+        self.manifest.add_waiting(pages)
+
+    def waiting(self, limit: int) -> list[tuple[str, int]]:
+        return self.manifest.waiting(limit)
+
+    def waiting_count(self) -> int:
+        return self.manifest.waiting_count()
+
+    def add_visual(self, pages: list[tuple[str, int]], embeddings: list[PageEmbedding]) -> int:
+        """Store the visual vectors of waiting pages; how many were still there to get them."""
+        added = sum(
+            self.index.add_visual(doc_id, page, emb)
+            for (doc_id, page), emb in zip(pages, embeddings, strict=True)
+        )
+        self.index.flush()
+        self.drop_waiting(pages)
+        return added
+
+    def drop_waiting(self, pages: list[tuple[str, int]]) -> None:
+        self.manifest.done_waiting(pages)
 
     def record_failure(self, path: str, source: str, error: str) -> None:
         self.manifest.record_failure(path, source, error)

@@ -33,6 +33,13 @@ CREATE TABLE IF NOT EXISTS sources (
     doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS sources_doc ON sources(doc_id);
+-- Pages stored with their text and image but no visual vectors yet (the retriever could not
+-- load): text search finds them; they get their vectors when the retriever is available.
+CREATE TABLE IF NOT EXISTS waiting (
+    doc_id TEXT NOT NULL,
+    page   INTEGER NOT NULL,
+    PRIMARY KEY (doc_id, page)
+);
 CREATE TABLE IF NOT EXISTS failures (
     path   TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -115,6 +122,7 @@ class Manifest:
     def remove_document(self, doc_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM sources WHERE doc_id = ?", (doc_id,))
+            db.execute("DELETE FROM waiting WHERE doc_id = ?", (doc_id,))
             db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
 
     def pending(self) -> list[str]:
@@ -190,6 +198,23 @@ class Manifest:
     def is_orphan(self, doc_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM sources WHERE doc_id = ? LIMIT 1", (doc_id,))
         return row.fetchone() is None
+
+    # -- pages waiting for their visual vectors ---------------------------------------------
+    def add_waiting(self, pages: list[tuple[str, int]]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO waiting (doc_id, page) VALUES (?, ?)", pages)
+
+    def waiting(self, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` (doc_id, page) pairs waiting for visual vectors, oldest first."""
+        rows = self._db.execute("SELECT doc_id, page FROM waiting ORDER BY rowid LIMIT ?", (limit,))
+        return [(d, int(p)) for d, p in rows]
+
+    def waiting_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM waiting").fetchone()[0])
+
+    def done_waiting(self, pages: list[tuple[str, int]]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM waiting WHERE doc_id = ? AND page = ?", pages)
 
     # -- failures -------------------------------------------------------------------------
     def record_failure(self, path: str, source: str, error: str) -> None:

@@ -34,6 +34,7 @@ from ingest.manifest import now
 from ingest.render import RenderError, SkippedPage
 from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
 from rag.index.base import permanent_error
+from rag.models.loading import ModelLoadError
 from rag.types import FileError, FileWarning, IngestReport, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,12 @@ class IngestRunner:
             progress.pages_total -= len(job.stored)
         progress.stage, progress.current = "loading the model", ""
         self._notify(progress)
-        embedder = self._embedder_factory()
+        embedder: PageEmbedder | None
+        try:
+            embedder = self._embedder_factory()
+        except ModelLoadError as exc:  # no weights yet (offline first run): text and images now
+            log.warning("storing pages without visual vectors: %s", exc)
+            embedder, report.retriever_error = None, str(exc)
         progress.stage, progress.embedding_started = "rendering", time.monotonic()
         self._notify(progress)
         pages: queue.Queue[object] = queue.Queue(maxsize=max(2 * self.batch_size, 4))
@@ -312,7 +318,7 @@ class IngestRunner:
         self,
         batch: list[_Page],
         ended: list[_Document],
-        embedder: PageEmbedder,
+        embedder: PageEmbedder | None,
         report: IngestReport,
         progress: IngestProgress,
     ) -> None:
@@ -379,7 +385,7 @@ class IngestRunner:
     def _store(
         self,
         batch: list[_Page],
-        embedder: PageEmbedder,
+        embedder: PageEmbedder | None,
         report: IngestReport,
         progress: IngestProgress,
     ) -> None:
@@ -389,8 +395,15 @@ class IngestRunner:
         jobs = {id(p.job): p.job for p in batch}.values()
         progress.stage = "embedding"
         self._notify(progress)
+        embeddings: list[PageEmbedding | None]
         try:
-            embeddings = embedder.embed_pages([p.image for p in batch])
+            if embedder is None:
+                embeddings = [None] * len(batch)
+                # Recorded before the points: a crash between leaves a row for a page that is
+                # not stored (dropped later), never a stored page nobody will embed.
+                self.library.expect_visual([(p.job.doc_id, p.page.number) for p in batch])
+            else:
+                embeddings = list(embedder.embed_pages([p.image for p in batch]))
         except Exception as exc:
             log.exception("embedding a batch failed")
             for job in jobs:
@@ -413,8 +426,10 @@ class IngestRunner:
                     self._fail(file, str(exc), report)
             return
         report.indexed_pages += len(batch)
+        if embedder is None:
+            report.waiting_pages += len(batch)
 
-    def _upsert(self, records: list[PageRecord], embeddings: list[PageEmbedding]) -> None:
+    def _upsert(self, records: list[PageRecord], embeddings: list[PageEmbedding | None]) -> None:
         for attempt in range(UPSERT_ATTEMPTS):
             try:
                 self.index.upsert(records, embeddings)
@@ -432,7 +447,7 @@ class IngestRunner:
                     ) from exc
                 time.sleep(self.retry_delay * 2**attempt)
 
-    def _record(self, p: _Page, emb: PageEmbedding) -> PageRecord:
+    def _record(self, p: _Page, emb: PageEmbedding | None) -> PageRecord:
         job = p.job
         return PageRecord(
             doc_id=job.doc_id,
@@ -443,8 +458,8 @@ class IngestRunner:
             image=str(p.page.image),
             width=p.page.width,
             height=p.page.height,
-            grid=emb.grid,
-            image_offset=emb.image_offset,
+            grid=emb.grid if emb else (0, 0),
+            image_offset=emb.image_offset if emb else 0,
             text=p.page.text,
             tags=job.tags,
             sources=tuple(dict.fromkeys([f.source for f in job.files])),

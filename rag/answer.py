@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from typing import Generic, TypeVar
 
-from rag.types import Answer
+from rag.types import Answer, Citation
 
 R = TypeVar("R")
 
@@ -30,6 +30,20 @@ class TextStream(Generic[R]):
         return self
 
     def __next__(self) -> str:
+        while not (chunk := self._pull()):  # "" only marks a step before the text (`steps`)
+            pass
+        return chunk
+
+    def steps(self) -> Iterator[str]:
+        """The chunks, and also "" wherever the source marks a step before the text: for an
+        `AnswerStream`, retrieval has ended and `retrieved` is filled."""
+        while True:
+            try:
+                yield self._pull()
+            except StopIteration:
+                return
+
+    def _pull(self) -> str:
         try:
             return next(self._chunks)
         except StopIteration as end:
@@ -50,7 +64,16 @@ class TextStream(Generic[R]):
 
 
 class AnswerStream(TextStream[Answer]):
-    """What `PageRAG.ask_stream` returns: the answer's text as it is written, then `answer`."""
+    """What `PageRAG.ask_stream` returns: the answer's text as it is written, then `answer`.
+
+    `retrieved` is filled with the pages found (none cited yet) as soon as retrieval ends,
+    before the model reads them: a reader of `steps()` can show them meanwhile."""
+
+    def __init__(
+        self, chunks: Generator[str, None, Answer], retrieved: list[Citation] | None = None
+    ) -> None:
+        super().__init__(chunks)
+        self.retrieved: list[Citation] = [] if retrieved is None else retrieved
 
     @property
     def answer(self) -> Answer:

@@ -40,6 +40,20 @@ class PageNotStored(HeatmapError):
     http_status = 404
 
 
+class VisualPending(HeatmapError):
+    """The page is stored without visual vectors yet (its retriever could not load)."""
+
+    http_status = 409
+
+
+def _no_vectors(doc_id: str, page: int) -> VisualPending:
+    return VisualPending(
+        f"page {page} of document {doc_id[:12]} has no visual vectors yet: the retriever model "
+        "could not load when it was ingested, so only text search finds it. They are added by "
+        "the next ingestion once the model loads."
+    )
+
+
 @dataclass(frozen=True)
 class Heatmap:
     image: Image.Image  # the page with the map laid over it
@@ -108,7 +122,7 @@ def hit_heatmap(
     if vectors is None:
         vectors = service.index.page_vectors(hit.doc_id, hit.page)
     if vectors is None:
-        raise HeatmapError(f"page {hit.page} of {hit.doc_id[:12]} is not in the index")
+        raise _no_vectors(hit.doc_id, hit.page)
     rel = relevance(similarity_maps(query, vectors, hit.grid, hit.image_offset))
     try:
         with Image.open(Path(hit.image)) as page:
@@ -126,9 +140,11 @@ def page_heatmaps(
     stored = []
     for doc_id, page in pages:
         hit = service.index.page(doc_id, page)
-        vectors = service.index.page_vectors(doc_id, page)
-        if hit is None or vectors is None:
+        if hit is None:
             raise PageNotStored(f"document {doc_id[:12]} has no page {page}")
+        vectors = service.index.page_vectors(doc_id, page)
+        if vectors is None:
+            raise _no_vectors(doc_id, page)
         stored.append((hit, vectors))
     query = service.embed_query(question)
     # The score visual search gives the page: exact MaxSim of the float16-rounded query over

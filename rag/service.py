@@ -24,6 +24,7 @@ from rag.ids import IdError, doc_prefix
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
 from rag.index.text import TEXT_CHANNEL
+from rag.models.loading import ModelLoadError
 from rag.models.protocols import AnswerWriter, PageRetriever
 from rag.prompt import Turn, parse_citations
 from rag.types import (
@@ -169,9 +170,47 @@ class PageRAG:
             report = self._runner(on_progress).run(
                 list(paths), tags, sources=sources, passwords=passwords, shard=shard
             )
-            if report.indexed_pages and self._can_optimize():
+            self._add_visual(report, on_progress)
+            if (report.indexed_pages or report.visual_added) and self._can_optimize():
                 self.index.optimize()
             return report
+
+    def _add_visual(
+        self, report: IngestReport, on_progress: Callable[[IngestProgress], None] | None
+    ) -> None:
+        """Embed the pages an earlier run stored without visual vectors (its retriever could
+        not load), now that it loads; until then they stay found by text search only."""
+        waiting = self.library.waiting_count()
+        if not waiting or report.retriever_error:
+            return
+        try:
+            retriever = self.retriever
+        except ModelLoadError as exc:
+            report.retriever_error = str(exc)
+            log.warning("%d pages still wait for visual vectors: %s", waiting, exc)
+            return
+        from PIL import Image
+
+        progress = IngestProgress(stage="embedding", pages_total=waiting)
+        progress.embedding_started = time.monotonic()
+        while pages := self.library.waiting(self.settings.batch_size):
+            self._check_space()
+            images, found = [], []
+            for doc_id, page in pages:
+                try:
+                    with Image.open(self.library.images.path(doc_id, page)) as img:
+                        images.append(img.convert("RGB"))
+                    found.append((doc_id, page))
+                except OSError:  # its document was deleted meanwhile
+                    continue
+            with self._model_lock:
+                embeddings = retriever.embed_pages(images) if images else []
+            report.visual_added += self.library.add_visual(found, embeddings)
+            self.library.drop_waiting(pages)
+            progress.pages_done += len(pages)
+            if on_progress is not None:
+                on_progress(progress)
+            self._writes.run_queued()  # deletions that came in meanwhile
 
     def _can_optimize(self) -> bool:
         """Whether the disk has room to optimise the embedded index (Qdrant's own check lets
@@ -289,7 +328,8 @@ class PageRAG:
         while the text streams: close the stream (or drop it) when the reader goes away, and
         the generation stops and frees the device.
         """
-        return AnswerStream(self._answer(question, k, flt, history, mode))
+        retrieved: list[Citation] = []  # filled by `_answer` when retrieval ends
+        return AnswerStream(self._answer(question, k, flt, history, mode, retrieved), retrieved)
 
     def _answer(
         self,
@@ -298,6 +338,7 @@ class PageRAG:
         flt: SearchFilter | None,
         history: Sequence[Turn],
         mode: SearchMode | None,
+        retrieved: list[Citation] | None = None,
     ) -> Generator[str, None, Answer]:
         k = self.settings.ask_pages if k is None else k
         mode = self.search_mode(mode)  # pages are retrieved as `search(..., mode=mode)` does
@@ -314,6 +355,9 @@ class PageRAG:
         retrieval_seconds = time.perf_counter() - started
         if not hits:
             return self._no_pages(question, flt)
+        if retrieved is not None:  # the pages, before the model loads and reads them
+            retrieved.extend(_citation(hit, n, False) for n, hit in enumerate(hits, 1))
+        yield ""  # retrieval has ended (`AnswerStream.steps`; iterating skips it)
         generator = self.generator
         with self._model_lock:
             stream = generator.stream(question, hits, history)
@@ -448,6 +492,7 @@ class PageRAG:
             pages=self.index.count(self._visible(None)),
             pending_documents=len(pending),
             pending_pages=self.index.count(SearchFilter(doc_ids=pending)) if pending else 0,
+            waiting_pages=self.library.waiting_count(),
             failed_files=len(self.manifest.failures()),
             bytes_on_disk=index_bytes + images_bytes + manifest_bytes,
             index_bytes=index_bytes,

@@ -110,6 +110,11 @@ class IngestReport:
     failed: list[FileError] = field(default_factory=list)
     warnings: list[FileWarning] = field(default_factory=list)
     seconds: float = 0.0
+    # The retriever could not load: pages were stored with text and image only (text search
+    # finds them) and wait for their visual vectors; `retriever_error` says why.
+    waiting_pages: int = 0  # stored so in this run
+    retriever_error: str = ""
+    visual_added: int = 0  # waiting pages (of earlier runs) that got their vectors in this run
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class ServiceInfo:
     pages: int  # of complete documents: what search can find
     pending_documents: int  # being ingested, or interrupted
     pending_pages: int
+    waiting_pages: int  # stored without visual vectors (no retriever yet): text search only
     failed_files: int
     bytes_on_disk: int  # index + page images + manifest
     index_bytes: int

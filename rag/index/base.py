@@ -37,8 +37,16 @@ class PageIndex(Protocol):
 
     def write_meta(self, meta: dict[str, Any]) -> None: ...
 
-    def upsert(self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
-        """Insert or replace pages (ids are deterministic, so repeating this is harmless)."""
+    def upsert(
+        self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding | None]
+    ) -> None:
+        """Insert or replace pages (ids are deterministic, so repeating this is harmless). A
+        page without an embedding is stored with its text vector only: text search finds it,
+        visual search skips it until `add_visual`."""
+        ...
+
+    def add_visual(self, doc_id: str, page: int, emb: PageEmbedding) -> bool:
+        """Give a stored page its visual vectors; False when no such page is stored."""
         ...
 
     def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -90,14 +90,16 @@ def doc_where(doc_id: str) -> Where:
     return Where(must=(("doc_id", [doc_id]),))
 
 
-def page_point(record: PageRecord, emb: PageEmbedding) -> PagePoint:
-    rows = schema.check_rows(emb.vectors, f"{record.source} page {record.page}")
-    # Lists, not numpy arrays: Edge reads an array element by element, 2x slower than
-    # converting it with .tolist() first (measured: 9 ms against 4.6 ms a page).
-    vectors: dict[str, list[list[float]] | SparseVector] = {
-        schema.COLQWEN: schema.storage_rows(rows).tolist(),
-        schema.CLUSTERS: pool_clusters(emb).tolist(),
-    }
+def page_point(record: PageRecord, emb: PageEmbedding | None) -> PagePoint:
+    """The page's point; without `emb` (no retriever yet) only its text vector and payload,
+    which visual search skips (Qdrant scores only the points that have the vector asked)."""
+    vectors: dict[str, list[list[float]] | SparseVector] = {}
+    if emb is not None:
+        rows = schema.check_rows(emb.vectors, f"{record.source} page {record.page}")
+        # Lists, not numpy arrays: Edge reads an array element by element, 2x slower than
+        # converting it with .tolist() first (measured: 9 ms against 4.6 ms a page).
+        vectors[schema.COLQWEN] = schema.storage_rows(rows).tolist()
+        vectors[schema.CLUSTERS] = pool_clusters(emb).tolist()
     text = embed_page_text(record.text)
     if text is not None:  # a page without a text layer has no text vector
         vectors[TEXT] = text
@@ -124,9 +126,24 @@ class QdrantIndex(ABC):
 
     # -- writes ---------------------------------------------------------------------------
 
-    def upsert(self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
+    def upsert(
+        self, records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding | None]
+    ) -> None:
         schema.check_batch(records, embeddings)
         self._write([page_point(r, e) for r, e in zip(records, embeddings, strict=True)])
+
+    def add_visual(self, doc_id: str, page: int, emb: PageEmbedding) -> bool:
+        """Give a page stored without visual vectors its vectors (and their grid); False when
+        the page is gone (deleted meanwhile). The point is written whole again, from its
+        stored payload: one call on both backends, and idempotent."""
+        found = self._retrieve(schema.point_id(doc_id, page), payload=True, vector=None)
+        if found is None:
+            return False
+        record = replace(
+            schema.payload_to_record(found[0]), grid=emb.grid, image_offset=emb.image_offset
+        )
+        self._write([page_point(record, emb)])
+        return True
 
     def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
         self._set_payload(schema.source_payload(source, sources), doc_where(doc_id))
@@ -230,8 +247,8 @@ class QdrantIndex(ABC):
 
     def page_vectors(self, doc_id: str, page: int) -> np.ndarray | None:
         found = self._retrieve(schema.point_id(doc_id, page), payload=False, vector=schema.COLQWEN)
-        if found is None or not isinstance(found[1], dict):
-            return None
+        if found is None or not isinstance(found[1], dict) or schema.COLQWEN not in found[1]:
+            return None  # no such page, or one stored without visual vectors (yet)
         return np.asarray(found[1][schema.COLQWEN], dtype=np.float32)
 
     @abstractmethod

@@ -183,7 +183,7 @@ def check_rows(vectors: np.ndarray, what: str) -> np.ndarray:
     return vectors
 
 
-def check_batch(records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding]) -> None:
+def check_batch(records: Sequence[PageRecord], embeddings: Sequence[PageEmbedding | None]) -> None:
     if len(records) != len(embeddings):
         raise ValueError(f"{len(records)} records but {len(embeddings)} embeddings")
     ids = [(r.doc_id, r.page) for r in records]

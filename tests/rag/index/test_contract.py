@@ -527,3 +527,33 @@ def test_index_from_before_the_text_vector_is_a_mismatch(tmp_path: Path) -> None
     client.create_collection("old", vectors_config=vectors_config())
     with pytest.raises(IndexMismatchError, match=r"[Rr]e-index"):
         ServerIndex(client, "old")
+
+
+# -- pages stored before the retriever could load (issue 11, item 1) -------------------------
+
+
+def test_pages_without_visual_vectors_then_add_visual(opener: Opener, text_corpus: Corpus) -> None:
+    """Text-only points are found by text search only (visual and exact search skip them);
+    `add_visual` gives them their vectors and grid, after which every search equals the oracle."""
+    idx = opener()
+    records, embeddings = text_corpus.records, text_corpus.embeddings
+    waiting = {i for i, r in enumerate(records) if r.doc_id == F}
+    idx.upsert(
+        [replace(r, grid=(0, 0)) if i in waiting else r for i, r in enumerate(records)],
+        [None if i in waiting else e for i, e in enumerate(embeddings)],
+    )
+    assert idx.count() == N_PAGES
+    q = text_corpus.queries[0]
+    assert_matches(idx.search(q, 5), oracle(text_corpus, q, lambda r: r.doc_id != F)[:5])
+    assert F not in {h.doc_id for h in idx.search_exact(q, N_PAGES)}
+    [found] = idx.search_text(RARE, 5)
+    assert (found.doc_id, found.page) == (F, 3)
+    assert idx.page_vectors(F, 3) is None and idx.page(F, 3) is not None
+    for i in sorted(waiting):
+        assert idx.add_visual(records[i].doc_id, records[i].page, embeddings[i])
+    assert not idx.add_visual("0" * 64, 1, embeddings[0])  # no such page: nothing written
+    assert idx.count() == N_PAGES
+    assert_matches(idx.search_exact(q, 5), oracle(text_corpus, q)[:5])
+    page, [rare] = idx.page(F, 3), [r for r in records if (r.doc_id, r.page) == (F, 3)]
+    assert page is not None and page.grid == rare.grid and RARE in page.text
+    assert [(h.doc_id, h.page) for h in idx.search_text(RARE, 5)] == [(F, 3)]
