@@ -35,7 +35,14 @@ from ingest.render import RenderError, SkippedPage
 from ingest.sandbox import BudgetStop, RenderSandbox, SandboxPage
 from rag.index.base import permanent_error
 from rag.models.loading import ModelLoadError
-from rag.types import FileError, FileWarning, IngestReport, PageEmbedding, PageRecord
+from rag.types import (
+    FileDuplicate,
+    FileError,
+    FileWarning,
+    IngestReport,
+    PageEmbedding,
+    PageRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +95,14 @@ class _Document:
     failed: bool = False
     cancelled: bool = False  # deleted while being ingested: nothing of it is kept
     total: int = 0  # the file's page count; `pages` is what the page cap lets in
-    # Set by the render thread before it queues the job's end; read only after that.
+    # Set by the render thread before it queues the doc's end; read only after that.
     skipped: dict[int, str] = field(default_factory=dict)  # page -> why it cannot render
     stop: BudgetStop | None = None  # a per-document budget ended rendering early
 
 
 @dataclass
 class _Page:
-    job: _Document
+    doc: _Document
     page: SandboxPage
     image: Image.Image
 
@@ -107,13 +114,13 @@ class _StoreError(Exception):
 _END = object()
 
 
-def _nothing_rendered(job: _Document) -> str:
+def _nothing_rendered(doc: _Document) -> str:
     """Why a document has no page to index: the reasons of its first skipped pages."""
-    reasons = [f"{reason}" for _, reason in sorted(job.skipped.items())[:3]]
-    if len(job.skipped) > 3:
-        reasons.append(f"{len(job.skipped) - 3} more pages failed")
-    if job.stop is not None:
-        reasons.append(f"rendering stopped at page {job.stop.next_page}: {job.stop.budget}")
+    reasons = [f"{reason}" for _, reason in sorted(doc.skipped.items())[:3]]
+    if len(doc.skipped) > 3:
+        reasons.append(f"{len(doc.skipped) - 3} more pages failed")
+    if doc.stop is not None:
+        reasons.append(f"rendering stopped at page {doc.stop.next_page}: {doc.stop.budget}")
     return "no page of the document could be rendered: " + "; ".join(reasons)
 
 
@@ -179,14 +186,14 @@ class IngestRunner:
         report.failed.extend(missing)
         progress = IngestProgress(files_total=len(files))
         self._notify(progress)
-        jobs: dict[str, _Document] = {}
+        docs: dict[str, _Document] = {}
         for planned, file in enumerate(files, 1):
             progress.current = file.source
             self._notify(progress)
-            self._plan(file, tags, jobs, report)
+            self._plan(file, tags, docs, report)
             # Unchanged and unreadable files are done now; the others when they are stored.
-            progress.files_done = planned - sum(len(j.files) for j in jobs.values())
-        todo = list(jobs.values())
+            progress.files_done = planned - sum(len(j.files) for j in docs.values())
+        todo = list(docs.values())
         progress.pages_total = sum(j.pages for j in todo)
         if todo:
             self._execute(todo, report, progress)
@@ -199,7 +206,7 @@ class IngestRunner:
         self,
         file: SourceFile,
         tags: tuple[str, ...],
-        jobs: dict[str, _Document],
+        docs: dict[str, _Document],
         report: IngestReport,
     ) -> None:
         try:
@@ -207,10 +214,13 @@ class IngestRunner:
         except OSError as exc:
             self._fail(file, f"cannot read the file ({exc.strerror or exc})", report)
             return
-        if doc_id in jobs:  # same bytes as a file earlier in this run
-            jobs[doc_id].files.append(file)
+        if doc_id in docs:  # same bytes as a file earlier in this run
+            docs[doc_id].files.append(file)
             return
         if self.library.is_complete(doc_id):
+            if self.library.manifest.doc_for_path(str(file.path)) != doc_id:  # a new copy
+                [same_as, *_] = self.library.manifest.sources(doc_id) or [file.source]
+                report.duplicates.append(FileDuplicate(file.source, same_as))
             self._link(file, doc_id)
             report.skipped_documents += 1
             return
@@ -230,37 +240,37 @@ class IngestRunner:
             return
         size = file.path.stat().st_size
         pages = min(opened.pages, self.sandbox.limits.max_pages)  # _finish warns of the cap
-        jobs[doc_id] = _Document(
+        docs[doc_id] = _Document(
             [file], doc_id, kind, opened.title, pages, size, tags, password, total=opened.pages
         )
 
     # -- execution ------------------------------------------------------------------------
     def _execute(
-        self, jobs: list[_Document], report: IngestReport, progress: IngestProgress
+        self, docs: list[_Document], report: IngestReport, progress: IngestProgress
     ) -> None:
         try:
-            self._execute_jobs(jobs, report, progress)
+            self._execute_documents(docs, report, progress)
         except DiskFullError as exc:
             # The run stops; the document in progress stays 'pending' with the pages it has,
             # and the next run completes it. The caller gets what was done until then.
             exc.report = report  # type: ignore[attr-defined]  # read by the CLI's --json output
             raise
 
-    def _execute_jobs(
-        self, jobs: list[_Document], report: IngestReport, progress: IngestProgress
+    def _execute_documents(
+        self, docs: list[_Document], report: IngestReport, progress: IngestProgress
     ) -> None:
         # Manifest and index are touched from this thread only; the producer just renders.
         self._check_space()
-        for job in jobs:
-            job.stored = self.library.begin(
-                job.doc_id,
-                title=job.title,
-                pages=job.pages,
-                size=job.size,
-                kind=job.kind,
-                tags=job.tags,
+        for doc in docs:
+            doc.stored = self.library.begin(
+                doc.doc_id,
+                title=doc.title,
+                pages=doc.pages,
+                size=doc.size,
+                kind=doc.kind,
+                tags=doc.tags,
             )
-            progress.pages_total -= len(job.stored)
+            progress.pages_total -= len(doc.stored)
         progress.stage, progress.current = "loading the model", ""
         self._notify(progress)
         embedder: PageEmbedder | None
@@ -274,7 +284,7 @@ class IngestRunner:
         pages: queue.Queue[object] = queue.Queue(maxsize=max(2 * self.batch_size, 4))
         stop = threading.Event()
         producer = threading.Thread(
-            target=self._render_all, args=(jobs, pages, stop), name="pagerag-render", daemon=True
+            target=self._render_all, args=(docs, pages, stop), name="pagerag-render", daemon=True
         )
         producer.start()
         batch: list[_Page] = []
@@ -282,20 +292,20 @@ class IngestRunner:
         try:
             while (item := pages.get()) is not _END:
                 if isinstance(item, _Page):
-                    if not item.job.failed:
+                    if not item.doc.failed:
                         batch.append(item)
-                        if progress.current != item.job.files[0].source:
-                            progress.current = item.job.files[0].source
+                        if progress.current != item.doc.files[0].source:
+                            progress.current = item.doc.files[0].source
                             self._notify(progress)
-                elif isinstance(item, tuple):  # (job, error) from the renderer
+                elif isinstance(item, tuple):  # (doc, error) from the renderer
                     self._check_space()  # a page image the full disk refused: stop, keep it
-                    job, error = item
-                    batch = [p for p in batch if p.job is not job]
-                    if job.cancelled:
-                        self.remove(job.doc_id)  # images it rendered after the deletion
+                    doc, error = item
+                    batch = [p for p in batch if p.doc is not doc]
+                    if doc.cancelled:
+                        self.remove(doc.doc_id)  # images it rendered after the deletion
                     else:
-                        self._abort(job, error, report)
-                    progress.files_done += len(job.files)  # its end never comes: done now
+                        self._abort(doc, error, report)
+                    progress.files_done += len(doc.files)  # its end never comes: done now
                     self._notify(progress)
                 else:
                     assert isinstance(item, _Document)
@@ -304,7 +314,7 @@ class IngestRunner:
                     self._drain(batch, ended, embedder, report, progress)
                     progress.stage = "rendering"  # waiting for the next pages
                     batch, ended = [], []
-                    self._cancel(jobs, self._between_batches(), report)
+                    self._cancel(docs, self._between_batches(), report)
             self._drain(batch, ended, embedder, report, progress)
         finally:
             stop.set()
@@ -324,18 +334,18 @@ class IngestRunner:
     ) -> None:
         """Embed and store the batch, then finish the documents whose pages are all stored."""
         self._store(batch, embedder, report, progress)
-        for job in ended:
-            if job.cancelled:
-                self.remove(job.doc_id)  # images it rendered after the deletion
-            elif not job.failed:
-                self._finish(job, report)
-            progress.files_done += len(job.files)
+        for doc in ended:
+            if doc.cancelled:
+                self.remove(doc.doc_id)  # images it rendered after the deletion
+            elif not doc.failed:
+                self._finish(doc, report)
+            progress.files_done += len(doc.files)
         progress.pages_done = report.indexed_pages
         progress.indexed_documents = report.indexed_documents
         self._notify(progress)
 
     def _render_all(
-        self, jobs: list[_Document], out: queue.Queue[object], stop: threading.Event
+        self, docs: list[_Document], out: queue.Queue[object], stop: threading.Event
     ) -> None:
         def put(item: object) -> None:
             while not stop.is_set():
@@ -346,39 +356,39 @@ class IngestRunner:
                     continue
 
         try:
-            for job in jobs:
+            for doc in docs:
                 if stop.is_set():
                     return
-                if job.cancelled:  # deleted before its turn: nothing to render
-                    put(job)
+                if doc.cancelled:  # deleted before its turn: nothing to render
+                    put(doc)
                     continue
                 try:
                     for page in self.sandbox.render(
-                        job.files[0].path,
-                        job.kind,
-                        self.library.images.folder(job.doc_id),
-                        skip=set(job.stored),
-                        password=job.password,
+                        doc.files[0].path,
+                        doc.kind,
+                        self.library.images.folder(doc.doc_id),
+                        skip=set(doc.stored),
+                        password=doc.password,
                     ):
                         if isinstance(page, SkippedPage):
-                            job.skipped[page.number] = page.reason
+                            doc.skipped[page.number] = page.reason
                             continue
                         if isinstance(page, BudgetStop):
-                            job.stop = page
+                            doc.stop = page
                             continue
                         with Image.open(page.image) as img:
                             image = img.convert("RGB")
-                        put(_Page(job, page, image))
+                        put(_Page(doc, page, image))
                         if stop.is_set():
                             return
                 except RenderError as exc:
-                    put((job, str(exc)))
+                    put((doc, str(exc)))
                     continue
                 except Exception as exc:  # a renderer bug must not stop the other files
-                    log.exception("rendering %s failed", job.files[0].path)
-                    put((job, f"rendering failed ({type(exc).__name__}: {exc})"))
+                    log.exception("rendering %s failed", doc.files[0].path)
+                    put((doc, f"rendering failed ({type(exc).__name__}: {exc})"))
                     continue
-                put(job)
+                put(doc)
         finally:
             put(_END)
 
@@ -392,7 +402,7 @@ class IngestRunner:
         if not batch:
             return
         self._check_space()  # before the batch's vectors and WAL entries are written
-        jobs = {id(p.job): p.job for p in batch}.values()
+        docs = {id(p.doc): p.doc for p in batch}.values()
         progress.stage = "embedding"
         self._notify(progress)
         embeddings: list[PageEmbedding | None]
@@ -401,13 +411,13 @@ class IngestRunner:
                 embeddings = [None] * len(batch)
                 # Recorded before the points: a crash between leaves a row for a page that is
                 # not stored (dropped later), never a stored page nobody will embed.
-                self.library.expect_visual([(p.job.doc_id, p.page.number) for p in batch])
+                self.library.expect_visual([(p.doc.doc_id, p.page.number) for p in batch])
             else:
                 embeddings = list(embedder.embed_pages([p.image for p in batch]))
         except Exception as exc:
             log.exception("embedding a batch failed")
-            for job in jobs:
-                self._abort(job, f"embedding failed ({type(exc).__name__}: {exc})", report)
+            for doc in docs:
+                self._abort(doc, f"embedding failed ({type(exc).__name__}: {exc})", report)
             return
         records = [self._record(p, e) for p, e in zip(batch, embeddings, strict=True)]
         progress.stage = "storing"
@@ -415,14 +425,14 @@ class IngestRunner:
         try:
             self._upsert(records, embeddings)
         except (ValueError, TypeError) as exc:  # vectors the store rejects: a bad document
-            for job in jobs:
-                self._abort(job, f"storing failed ({type(exc).__name__}: {exc})", report)
+            for doc in docs:
+                self._abort(doc, f"storing failed ({type(exc).__name__}: {exc})", report)
             return
         except _StoreError as exc:
             # Keep what is stored: the document stays 'pending' and a later run completes it.
-            for job in jobs:
-                job.failed = True
-                for file in job.files:
+            for doc in docs:
+                doc.failed = True
+                for file in doc.files:
                     self._fail(file, str(exc), report)
             return
         report.indexed_pages += len(batch)
@@ -448,47 +458,49 @@ class IngestRunner:
                 time.sleep(self.retry_delay * 2**attempt)
 
     def _record(self, p: _Page, emb: PageEmbedding | None) -> PageRecord:
-        job = p.job
+        doc = p.doc
         return PageRecord(
-            doc_id=job.doc_id,
+            doc_id=doc.doc_id,
             page=p.page.number,
-            pages=job.pages,
-            source=job.files[0].source,
-            title=job.title,
+            pages=doc.pages,
+            source=doc.files[0].source,
+            title=doc.title,
             image=str(p.page.image),
             width=p.page.width,
             height=p.page.height,
             grid=emb.grid if emb else (0, 0),
             image_offset=emb.image_offset if emb else 0,
             text=p.page.text,
-            tags=job.tags,
-            sources=tuple(dict.fromkeys([f.source for f in job.files])),
+            tags=doc.tags,
+            sources=tuple(dict.fromkeys([f.source for f in doc.files])),
             ingested_at=now(),
         )
 
-    def _finish(self, job: _Document, report: IngestReport) -> None:
-        stored = self.library.stored_pages(job.doc_id)
+    def _finish(self, doc: _Document, report: IngestReport) -> None:
+        stored = self.library.stored_pages(doc.doc_id)
         # Every page before the end is stored or skipped with a reason (this run or an
         # interrupted one: a skipped page is never stored, so a resumed run retries it).
-        end = job.stop.next_page - 1 if job.stop else job.pages
-        missing = [n for n in range(1, end + 1) if n not in stored and n not in job.skipped]
+        end = doc.stop.next_page - 1 if doc.stop else doc.pages
+        missing = [n for n in range(1, end + 1) if n not in stored and n not in doc.skipped]
         if missing:
-            self._abort(job, f"only {len(stored)} of {job.pages} pages were stored", report)
+            self._abort(doc, f"only {len(stored)} of {doc.pages} pages were stored", report)
             return
         if not stored:
-            self._abort(job, _nothing_rendered(job), report)
+            self._abort(doc, _nothing_rendered(doc), report)
             return
-        self._warn_partial(job, end, report)
-        self.library.complete(job.doc_id, pages=len(stored))  # the pages stored, not skipped
-        for file in job.files:
-            self._link(file, job.doc_id)
+        self._warn_partial(doc, end, report)
+        self.library.complete(doc.doc_id, pages=len(stored))  # the pages stored, not skipped
+        for file in doc.files:
+            self._link(file, doc.doc_id)
         report.indexed_documents += 1
-        report.skipped_documents += len(job.files) - 1  # identical copies are stored once
+        report.skipped_documents += len(doc.files) - 1  # identical copies are stored once
+        same_as = doc.files[0].source
+        report.duplicates.extend(FileDuplicate(f.source, same_as) for f in doc.files[1:])
 
-    def _warn_partial(self, job: _Document, end: int, report: IngestReport) -> None:
+    def _warn_partial(self, doc: _Document, end: int, report: IngestReport) -> None:
         """One warning per skipped page (the first few), one for a cap or budget cut."""
-        source = job.files[0].source
-        skipped = sorted(job.skipped.items())
+        source = doc.files[0].source
+        skipped = sorted(doc.skipped.items())
         for number, reason in skipped[:MAX_PAGE_WARNINGS]:
             warning = f"page {number} is not indexed: {reason}"
             report.warnings.append(FileWarning(source, warning))
@@ -496,33 +508,33 @@ class IngestRunner:
             more = [str(n) for n, _ in skipped[MAX_PAGE_WARNINGS:]]
             warning = f"{len(more)} more pages are not indexed (pages {', '.join(more[:50])})"
             report.warnings.append(FileWarning(source, warning))
-        if job.stop is not None:
-            budget = job.stop.budget
-        elif job.total > job.pages:
-            budget = f"PAGERAG_MAX_PAGES_PER_DOCUMENT={job.pages}"
+        if doc.stop is not None:
+            budget = doc.stop.budget
+        elif doc.total > doc.pages:
+            budget = f"PAGERAG_MAX_PAGES_PER_DOCUMENT={doc.pages}"
         else:
             return
         warning = (
-            f"only the first {end} of {job.total} pages are indexed: the document reached "
+            f"only the first {end} of {doc.total} pages are indexed: the document reached "
             f"{budget}; to index the rest, raise it, delete the document and ingest it again"
         )
         report.warnings.append(FileWarning(source, warning))
 
     def _cancel(
-        self, jobs: list[_Document], deleted: Collection[str], report: IngestReport
+        self, docs: list[_Document], deleted: Collection[str], report: IngestReport
     ) -> None:
         """Stop ingesting the documents that were just deleted (already removed)."""
-        for job in jobs:
-            if job.doc_id in deleted and not job.cancelled:
-                job.failed = job.cancelled = True
+        for doc in docs:
+            if doc.doc_id in deleted and not doc.cancelled:
+                doc.failed = doc.cancelled = True
                 error = "deleted while it was being ingested; nothing of it is kept"
-                report.failed.extend(FileError(f.source, error) for f in job.files)
+                report.failed.extend(FileError(f.source, error) for f in doc.files)
 
-    def _abort(self, job: _Document, error: str, report: IngestReport) -> None:
+    def _abort(self, doc: _Document, error: str, report: IngestReport) -> None:
         """Nothing is kept of a document that cannot be read."""
-        job.failed = True
-        self.remove(job.doc_id)
-        for file in job.files:
+        doc.failed = True
+        self.remove(doc.doc_id)
+        for file in doc.files:
             self._fail(file, error, report)
 
     def _fail(self, file: SourceFile, error: str, report: IngestReport) -> None:

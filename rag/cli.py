@@ -1,22 +1,27 @@
 """`pagerag` command line: parses arguments, calls the `PageRAG` service, prints results.
 
-Exit status: 0 success; 1 ingestion finished but some files failed; 2 bad usage;
-3 a problem with the settings, the model or the index (the message says what to change).
+Exit status (the README's table; tests/rag/test_cli.py checks every row): 0 success; 1
+ingestion finished but some files failed; 2 bad usage; 3 a problem with the settings, the
+model or the index (the message says what to change).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
-from dataclasses import asdict
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,18 +32,22 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ingest.discover import Shard
+from ingest.discover import EXTENSIONS, Shard, SourceFile, discover
 from ingest.diskspace import DiskFullError
 from ingest.runner import IngestProgress
-from rag.config import SearchMode, Settings
-from rag.errors import EXIT_CONFIG
+from rag.config import InvalidSettingsError, SearchMode, Settings
+from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import IdError, doc_prefix
-from rag.types import IngestReport, SearchFilter
+from rag.index.schema import normalize_path
+from rag.types import Citation, IngestReport, SearchFilter
 
 if TYPE_CHECKING:  # the eval package imports datasets and ir-measures: only when evaluating
     from rag.eval import EvalReport
+    from rag.service import PageRAG
 
-EXIT_FAILED_FILES = 1  # ingestion finished, some files could not be read; EXIT_CONFIG is 3
+EXIT_FAILED_FILES = 1  # ingestion finished, some files could not be read
+EXIT_USAGE = 2  # bad command-line usage (click's own status for it)
+# EXIT_CONFIG (3): the settings, the model or the index
 
 app = typer.Typer(
     help="PageRAG: ask questions about PDFs by looking at their pages.\n\n"
@@ -54,56 +63,94 @@ out = Console()
 err = Console(stderr=True)
 
 
+# -- scaffolding shared by the commands -----------------------------------------------------
+
+
 def _settings() -> Settings:
-    """The settings, or exit 3 naming each bad one (pydantic's report is for programmers)."""
+    """The settings, or exit 3 with one line per bad one (`InvalidSettingsError`)."""
     try:
         return Settings()
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = "PAGERAG_" + "_".join(map(str, error["loc"])).upper()
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(message if "PAGERAG_" in message else f"{name}: {message}")
-        _die(f"invalid setting: {'; '.join(problems)}")
+    except InvalidSettingsError as exc:
+        _die(str(exc), exc.exit_code)
         raise  # unreachable: _die exits
 
 
-def _service():
+@contextmanager
+def _opened(settings: Settings | None = None) -> Iterator[PageRAG]:
+    """The service for one command, closed at the end; an error a user can fix (`UserError`),
+    opening or later, becomes its message and exit status. Anything else is a bug."""
     from rag.service import PageRAG
 
-    settings = _settings()
+    settings = settings or _settings()
     try:
-        return PageRAG(settings)
-    except Exception as exc:
-        _die_known(exc)
+        service = PageRAG(settings)
+    except UserError as exc:
+        _die(str(exc), exc.exit_code)
+    try:
+        yield service
+    except UserError as exc:
+        _die(str(exc), exc.exit_code)
+    finally:
+        service.close()
 
 
 def _die(message: str, code: int = EXIT_CONFIG) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Escaped (a value may hold brackets) and unwrapped: one line per problem, at any width.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def _die_known(exc: Exception) -> None:
-    """Turn errors a user can fix into their message and exit status; anything else is a bug."""
-    from rag.errors import UserError
-
-    if isinstance(exc, UserError):
-        _die(str(exc), exc.exit_code)
-    raise exc
+def _note(kind: str, message: str) -> None:
+    """A `warning:`/`notice:` line on stderr, unwrapped."""
+    color = "yellow" if kind == "warning" else "cyan"
+    err.print(f"[{color}]{kind}:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _bar(*extra: TextColumn, quiet: bool) -> Progress:
-    """The progress bar of long commands, on stderr; off for --json and when not a terminal."""
+def _bar(quiet: bool) -> Progress:
+    """The progress bar of long commands, on stderr; off for --json and when not a terminal.
+    Every task needs the `rate` and `current` fields: add them with `_task`."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        *extra[:1],
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        *extra[1:],
+        TextColumn("{task.fields[current]}"),
         console=err,
         disable=quiet or not err.is_terminal,
     )
+
+
+def _task(bar: Progress, description: str, total: int | None = None) -> TaskID:
+    return bar.add_task(description, total=total, rate="", current="")
+
+
+class _IngestBar:
+    """Shows `IngestProgress` on a bar: the files, and the pages labelled with the runner's
+    stage, so loading the model is never a silent "0/?"."""
+
+    def __init__(self, bar: Progress, *, files: bool = True) -> None:
+        self.bar = bar
+        self.files = _task(bar, "files") if files else None
+        self.pages = _task(bar, _stage("reading"))
+
+    def __call__(self, p: IngestProgress) -> None:
+        if self.files is not None:
+            self.bar.update(
+                self.files, total=p.files_total, completed=p.files_done, current=p.current[-40:]
+            )
+        rate = f"{p.pages_per_second:.2f} pages/s" if p.pages_done else ""
+        self.bar.update(
+            self.pages,
+            description=_stage(p.stage),
+            total=p.pages_total or None,
+            completed=p.pages_done,
+            rate=rate,
+        )
+
+
+def _stage(stage: str) -> str:
+    return f"pages: {stage:<17}"  # as wide as "loading the model": the bar does not jump
 
 
 def _print_json(data: object) -> None:
@@ -111,15 +158,32 @@ def _print_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-# --mode on `search`, `ask` and `eval`.
-ModeOption = Annotated[
-    SearchMode | None,
-    typer.Option(
-        "--mode",
-        help="visual (ColQwen2 on the page images), text (BM25 on the PDF text layer; needs no "
-        "model) or hybrid (both in one query, rank-fused). Default: PAGERAG_SEARCH_MODE (hybrid).",
-    ),
-]
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _size(n: float) -> str:
+    """Bytes for people: 512 B, 12.3 MiB."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table whose paths and names fold onto more lines instead of being cut at the
+    terminal width (a cut image path cannot be opened); short columns never wrap."""
+    table = Table(title=title)
+    for name in columns:
+        long = name in ("source", "image", "title", "tags")
+        table.add_column(name, overflow="fold" if long else "ellipsis", no_wrap=not long)
+    return table
+
+
+# -- options shared by search, ask and eval -------------------------------------------------
 
 
 def _doc_prefixes(value: str | list[str]) -> str | list[str]:
@@ -133,9 +197,116 @@ def _doc_prefixes(value: str | list[str]) -> str | list[str]:
         raise typer.BadParameter(str(exc)) from exc
 
 
-def _filter(doc: list[str], source: str | None, tag: list[str]) -> SearchFilter | None:
-    flt = SearchFilter(doc_ids=tuple(doc), source_prefix=source, tags=tuple(tag))
-    return None if flt.is_empty() else flt
+ModeOption = Annotated[
+    SearchMode | None,
+    typer.Option(
+        "--mode",
+        help="visual (ColQwen2 on the page images), text (BM25 on the PDF text layer; needs no "
+        "model) or hybrid (both in one query, rank-fused). Default: PAGERAG_SEARCH_MODE (hybrid).",
+    ),
+]
+DocOption = Annotated[
+    list[str],
+    typer.Option(
+        "--doc",
+        metavar="ID",
+        help="Only this document id or prefix (repeatable).",
+        callback=_doc_prefixes,
+    ),
+]
+SourceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        metavar="PATH",
+        help="Only files under this path: a prefix of the sources `pagerag docs list` shows "
+        "(whole components: reports/2015), or a file or folder path as typed in the shell.",
+    ),
+]
+TagOption = Annotated[
+    list[str], typer.Option("--tag", metavar="TAG", help="Only documents with this tag.")
+]
+
+
+class UsageError(UserError):
+    """Options that contradict each other or the library: bad usage."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """The filter of a search, and the options it came from, as typed (for messages)."""
+
+    filters: SearchFilter | None
+    shown: tuple[str, ...] = ()
+    source_unknown: bool = False  # --source is neither a stored source prefix nor ingested
+
+
+def _wanted(service: PageRAG, doc: list[str], source: str | None, tag: list[str]) -> _Wanted:
+    doc_ids = tuple(service.resolve(d) for d in doc)
+    shown = [*(f"--doc {d}" for d in doc), *(f"--tag {t}" for t in tag)]
+    prefix, unknown = None, False
+    if source is not None:
+        shown.append(f"--source {source}")
+        prefix, under, unknown = _source(service, source)
+        if under:  # files ingested from that path: their documents
+            if doc_ids and not set(doc_ids) & set(under):
+                raise UsageError(
+                    f"--source {source} and --doc {' '.join(doc)} have no document in "
+                    "common: none of those ids was ingested from that path"
+                )
+            doc_ids = tuple(d for d in under if d in doc_ids) if doc_ids else under
+    filters = SearchFilter(doc_ids=doc_ids, source_prefix=prefix, tags=tuple(tag))
+    return _Wanted(None if filters.is_empty() else filters, tuple(shown), unknown)
+
+
+def _source(service: PageRAG, typed: str) -> tuple[str | None, tuple[str, ...], bool]:
+    """--source as typed -> (a source prefix, or else the documents ingested from that path;
+    whether it is neither, as far as this library knows).
+
+    Sources are stored relative to the folder each was ingested from (`reports/q1.pdf` for
+    `pagerag ingest ~/docs`), so a path as typed in the shell (`~/docs/reports`, `./reports`,
+    `/abs/...`) is looked up among the files ingested from there. A prefix no listed document
+    has is still passed on: other workers' documents on a shared Qdrant may have it."""
+    prefix = normalize_path(typed)
+    sources = {normalize_path(s) for d in service.documents() for s in d.sources or (d.source,)}
+    known = not prefix or any(s == prefix or s.startswith(prefix + "/") for s in sources)
+    as_path = typed in (".", "..") or typed.startswith(("/", "~", "./", "../", "\\"))
+    if known and not as_path:
+        return prefix, (), False
+    path = Path(typed).expanduser()
+    found, _ = discover([path]) if path.exists() else ([], [])
+    lookup = service.manifest.doc_for_path
+    under = tuple(dict.fromkeys(d for f in found if (d := lookup(str(f.path))) is not None))
+    return (None, under, False) if under else (prefix, (), not known)
+
+
+def _nothing_found(service: PageRAG, wanted: _Wanted, mode: SearchMode) -> str:
+    """Why a search found no page, and what to do."""
+    if not service.documents():
+        return "nothing is indexed yet; run `pagerag ingest PATH` first"
+    if wanted.source_unknown:
+        source = next(s for s in wanted.shown if s.startswith("--source "))
+        return (
+            f"no page matched: {source} is neither a prefix of the sources `pagerag docs "
+            "list` shows (whole path components, such as reports/2015) nor a file or folder "
+            "that was ingested"
+        )
+    text = (
+        " (text search finds only pages whose text layer has the words; try --mode hybrid)"
+        if mode == "text"
+        else ""
+    )
+    if wanted.shown:
+        return (
+            f"no page matched {' '.join(wanted.shown)}{text}; widen or remove the filter "
+            "(`pagerag docs list` shows each document's id, source and tags)"
+        )
+    return f"no page matched the question{text}"
+
+
+# -- commands -------------------------------------------------------------------------------
 
 
 @app.command()
@@ -144,13 +315,15 @@ def ingest(
         list[Path], typer.Argument(help="PDF or image files, or folders (searched recursively).")
     ],
     tag: Annotated[
-        list[str], typer.Option("--tag", "-t", help="Tag the documents (repeatable).")
+        list[str],
+        typer.Option("--tag", "-t", metavar="TAG", help="Tag the documents (repeatable)."),
     ] = [],  # noqa: B006
     password: Annotated[
         list[str],
         typer.Option(
             "--password",
-            help="FILE=PASSWORD for an encrypted PDF (FILE: its name or path as listed).",
+            metavar="FILE=PASSWORD",
+            help="Opens an encrypted PDF; FILE is its name, its source as listed, or its path.",
         ),
     ] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -170,86 +343,122 @@ def ingest(
     try:
         part = Shard.parse(shard) if shard is not None else None
     except ValueError as exc:
-        _die(f"--shard: {exc}", code=2)
-    passwords = {}
-    for item in password:
-        name, sep, secret = item.partition("=")
-        if not sep or not name:
-            _die(f"--password needs FILE=PASSWORD, got {item!r}", code=2)
-        passwords[name] = secret
-    service = _service()
-    try:
-        columns = TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[current]}")
-        with _bar(*columns, quiet=as_json) as bar:
-            files = bar.add_task("files", total=None, rate="", current="")
-            pages = bar.add_task("pages", total=None, rate="", current="")
-
-            def show(p: IngestProgress) -> None:
-                bar.update(
-                    files, total=p.files_total, completed=p.files_done, current=p.current[-40:]
+        _die(f"--shard: {exc}", EXIT_USAGE)
+    passwords = _passwords(password, _files(paths))
+    with _opened() as service:
+        try:
+            with _bar(quiet=as_json) as bar:
+                report = service.ingest(
+                    paths, tags=tag, passwords=passwords, on_progress=_IngestBar(bar), shard=part
                 )
-                rate = f"{p.pages_per_second:.2f} pages/s" if p.pages_done else ""
-                bar.update(pages, total=p.pages_total or None, completed=p.pages_done, rate=rate)
-
-            report = service.ingest(
-                paths, tags=tag, passwords=passwords, on_progress=show, shard=part
-            )
-    except DiskFullError as exc:  # stopped before the disk filled up: exit 3, say so in JSON
-        if as_json:
-            done = getattr(exc, "report", None)
-            _print_json({**(asdict(done) if done else {}), "error": str(exc)})
-        _die(str(exc))
-    except Exception as exc:
-        _die_known(exc)
-    finally:
-        service.close()
+        except DiskFullError as exc:  # stopped before the disk filled up: exit 3, say so in JSON
+            if as_json:
+                done = getattr(exc, "report", None)
+                _print_json({**(asdict(done) if done else {}), "error": str(exc)})
+            raise
     _print_ingest_report(report, as_json)
     if report.failed:
         raise typer.Exit(EXIT_FAILED_FILES)
+
+
+def _files(paths: list[Path]) -> list[SourceFile]:
+    """The files to ingest, or exit 2 for a path that does not exist or a folder without a
+    PDF or image (the runner would report "indexed 0 documents" and look successful)."""
+    missing = [str(p) for p in paths if not p.expanduser().exists()]
+    if missing:
+        _die(f"no such file or folder: {', '.join(missing)}", EXIT_USAGE)
+    files: list[SourceFile] = []
+    for path in paths:
+        found, _ = discover([path])
+        if not found:
+            kinds = ", ".join(sorted(EXTENSIONS))
+            _die(
+                f"no PDFs or images found under {path} (ingest looks for {kinds} files, in "
+                "subfolders too)",
+                EXIT_USAGE,
+            )
+        files += found
+    return files
+
+
+def _passwords(given: list[str], files: list[SourceFile]) -> dict[str, str]:
+    """--password FILE=PW as the runner looks them up (by source or file name); FILE may be
+    a path as typed. Exit 2 for a malformed one or one naming none of the files."""
+    passwords: dict[str, str] = {}
+    for item in given:
+        name, sep, secret = item.partition("=")
+        if not sep or not name:
+            _die(f"--password needs FILE=PASSWORD, got {item!r}", EXIT_USAGE)
+        path = Path(name).expanduser()
+        match = next(
+            (f for f in files if name in (f.source, f.path.name) or path.resolve() == f.path),
+            None,
+        )
+        if match is None:
+            listed = ", ".join(f.source for f in files[:5]) + (", ..." if len(files) > 5 else "")
+            _die(
+                f"--password names {name!r}, which is none of the files to ingest ({listed}); "
+                "give the file's name, its source as listed, or its path",
+                EXIT_USAGE,
+            )
+        # A path as typed becomes the source the runner looks passwords up by.
+        passwords[name if name in (match.source, match.path.name) else match.source] = secret
+    return passwords
 
 
 def _print_ingest_report(report: IngestReport, as_json: bool) -> None:
     if as_json:
         _print_json(asdict(report))
         return
+    duplicates = len(report.duplicates)
+    skipped = f"skipped {report.skipped_documents - duplicates} unchanged"
+    if duplicates:
+        skipped += f" and {duplicates} already in the library"
     out.print(
-        f"indexed {report.indexed_documents} documents ({report.indexed_pages} pages), "
-        f"skipped {report.skipped_documents} unchanged, {len(report.failed)} failed "
-        f"in {report.seconds:.1f} s"
+        f"indexed {_plural(report.indexed_documents, 'document')} "
+        f"({_plural(report.indexed_pages, 'page')}), {skipped}, {len(report.failed)} failed "
+        f"in {report.seconds:.1f} s",
+        highlight=False,
     )
+    for dup in report.duplicates:
+        out.print(
+            f"already in the library: {escape(dup.source)} (same content as {escape(dup.same_as)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     for failure in report.failed:
-        err.print(f"[red]failed:[/] {failure.source}: {failure.error}", highlight=False)
+        err.print(
+            f"[red]failed:[/] {escape(failure.source)}: {escape(failure.error)}", highlight=False
+        )
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning.source}: {warning.warning}")
+        _note("warning", f"{warning.source}: {warning.warning}")
+    if report.waiting_pages:
+        _note(
+            "notice",
+            f"{_plural(report.waiting_pages, 'page')} stored without visual vectors (text "
+            "search works now); they get them on the next ingest once the model loads: "
+            f"{' '.join(report.retriever_error.split())}",
+        )
+    if report.visual_added:
+        _note("notice", f"{_plural(report.visual_added, 'page')} got their visual vectors")
 
 
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="The question or keywords.")],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=100, help="How many pages.")] = 5,
-    doc: Annotated[
-        list[str],
-        typer.Option(
-            "--doc", help="Only this document id or prefix (repeatable).", callback=_doc_prefixes
-        ),
-    ] = [],  # noqa: B006
-    source: Annotated[
-        str | None, typer.Option("--source", help="Only files under this path prefix.")
-    ] = None,
-    tag: Annotated[list[str], typer.Option("--tag", help="Only documents with this tag.")] = [],  # noqa: B006
+    doc: DocOption = [],  # noqa: B006
+    source: SourceOption = None,
+    tag: TagOption = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
     mode: ModeOption = None,
 ) -> None:
     """Find the pages that best match a question: late-interaction MaxSim over ColQwen2, BM25
     over the PDF text layer, or both fused (--mode)."""
-    service = _service()
-    try:
-        doc_ids = [service.resolve(d) for d in doc]
-        hits = service.search(query, k, _filter(doc_ids, source, tag), mode=mode)
-    except Exception as exc:
-        _die_known(exc)
-    finally:
-        service.close()
+    with _opened() as service:
+        wanted = _wanted(service, doc, source, tag)
+        hits = service.search(query, k, filters=wanted.filters, mode=mode)
+        missing = "" if hits else _nothing_found(service, wanted, service.search_mode(mode))
     rows = [
         {"doc_id": h.doc_id, "source": h.source, "page": h.page, "score": h.score, "image": h.image}
         for h in hits
@@ -258,9 +467,9 @@ def search(
         _print_json(rows)
         return
     if not rows:
-        out.print("no pages indexed yet (or none match the filter); run `pagerag ingest PATH`")
+        out.print(escape(missing), highlight=False)
         return
-    table = Table("#", "score", "source", "page", "doc_id", "image")
+    table = _table("#", "score", "source", "page", "doc_id", "image")
     for i, r in enumerate(rows, 1):
         table.add_row(
             str(i), f"{r['score']:.3f}", r["source"], str(r["page"]), r["doc_id"][:12], r["image"]
@@ -277,16 +486,9 @@ def ask(
             "-k", "--top-k", min=1, max=20, help="Pages to show the model (PAGERAG_ASK_PAGES)."
         ),
     ] = None,
-    doc: Annotated[
-        list[str],
-        typer.Option(
-            "--doc", help="Only this document id or prefix (repeatable).", callback=_doc_prefixes
-        ),
-    ] = [],  # noqa: B006
-    source: Annotated[
-        str | None, typer.Option("--source", help="Only files under this path prefix.")
-    ] = None,
-    tag: Annotated[list[str], typer.Option("--tag", help="Only documents with this tag.")] = [],  # noqa: B006
+    doc: DocOption = [],  # noqa: B006
+    source: SourceOption = None,
+    tag: TagOption = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
     no_stream: Annotated[
         bool, typer.Option("--no-stream", help="Print the answer only once it is complete.")
@@ -295,36 +497,39 @@ def ask(
 ) -> None:
     """Answer a question from the best pages with Qwen2-VL, citing them like [1]; the answer
     streams to the terminal, then the pages it was given are listed (cited ones marked)."""
-    from rag.types import Answer
-
-    service = _service()
-    answer: Answer | None = None
     streamed = False
-    try:
-        flt = _filter([service.resolve(d) for d in doc], source, tag)
+    with _opened() as service:
+        filters = _wanted(service, doc, source, tag).filters
         if as_json or no_stream:
-            answer = service.ask(question, k, flt, mode=mode)
+            answer = service.ask(question, k, filters=filters, mode=mode)
         else:
-            stream = service.ask_stream(question, k, flt, mode=mode)
-            for chunk in stream:
-                typer.echo(chunk, nl=False)  # plain echo: rich would read [1] as markup
-                streamed = True
+            stream = service.ask_stream(question, k, filters=filters, mode=mode)
+            try:
+                for chunk in stream:
+                    typer.echo(chunk, nl=False)  # plain echo: rich would read [1] as markup
+                    streamed = True
+            except UserError:
+                if streamed:  # the error goes on a line of its own
+                    typer.echo()
+                raise
             answer = stream.answer
-    except Exception as exc:
-        if streamed:
-            typer.echo()
-        _die_known(exc)
-    finally:
-        service.close()
-    assert answer is not None
     if as_json:
         _print_json(asdict(answer))
         return
     typer.echo("" if streamed else answer.text)
-    if not answer.citations:
-        return
-    table = Table("#", "cited", "score", "source", "page", "doc_id", "image", title="sources")
-    for c in answer.citations:
+    if answer.citations:
+        out.print(_sources_table(answer.citations))
+        err.print(
+            f"retrieval {answer.retrieval_seconds:.2f} s, "
+            f"generation {answer.generation_seconds:.2f} s, "
+            f"{answer.prompt_tokens} prompt tokens, {answer.completion_tokens} new tokens",
+            highlight=False,
+        )
+
+
+def _sources_table(citations: list[Citation]) -> Table:
+    table = _table("#", "cited", "score", "source", "page", "doc_id", "image", title="sources")
+    for c in citations:
         table.add_row(
             str(c.label),
             "yes" if c.cited else "",
@@ -334,13 +539,7 @@ def ask(
             c.doc_id[:12],
             c.image,
         )
-    out.print(table)
-    err.print(
-        f"retrieval {answer.retrieval_seconds:.2f} s, "
-        f"generation {answer.generation_seconds:.2f} s, "
-        f"{answer.prompt_tokens} prompt tokens, {answer.completion_tokens} new tokens",
-        highlight=False,
-    )
+    return table
 
 
 @app.command("eval")
@@ -393,62 +592,52 @@ def eval_(
     import tempfile
 
     from rag.eval import DatasetError, evaluate, open_dataset
-    from rag.service import PageRAG
 
     logging.basicConfig(level=logging.WARNING)
     settings = _settings()
     with tempfile.TemporaryDirectory(prefix="pagerag-eval-") as tmp:
-        if reuse_index:
-            workdir = settings.data_dir / "eval-datasets" / _slug(dataset)
-        else:
-            # A fresh embedded index: the user's own index and Qdrant server stay untouched.
-            settings = settings.model_copy(
-                update={"data_dir": Path(tmp) / "data", "qdrant_url": None}
-            )
-            workdir = Path(tmp) / "dataset"
+        settings, workdir = _eval_place(settings, dataset, Path(tmp), reuse_index)
         try:
             data = open_dataset(dataset, workdir, questions=questions, split=split)
         except DatasetError as exc:
-            _die_known(exc)
-        try:
-            service = PageRAG(settings)
-        except Exception as exc:
-            _die_known(exc)
-        try:
-            with _bar(quiet=as_json) as bar:
-                ingest_task = bar.add_task("ingest pages", total=None)
-                tasks: dict[str, TaskID] = {}
+            _die(str(exc), exc.exit_code)
+        with _opened(settings) as service, _bar(quiet=as_json) as bar:
+            tasks: dict[str, TaskID] = {}
 
-                def ingested(p: IngestProgress) -> None:
-                    bar.update(ingest_task, total=p.pages_total or None, completed=p.pages_done)
+            def queried(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = _task(bar, f"{stage} questions", total)
+                bar.update(tasks[stage], completed=done)
 
-                def queried(stage: str, done: int, total: int) -> None:
-                    if stage not in tasks:
-                        tasks[stage] = bar.add_task(f"{stage} questions", total=total)
-                    bar.update(tasks[stage], completed=done)
-
-                result = evaluate(
-                    service,
-                    data,
-                    mode=service.search_mode(mode),
-                    k=k,
-                    answers=answers,
-                    on_ingest=ingested,
-                    on_query=queried,
-                )
-        except Exception as exc:
-            _die_known(exc)
-        finally:
-            service.close()
+            result = evaluate(
+                service,
+                data,
+                mode=service.search_mode(mode),
+                k=k,
+                answers=answers,
+                on_ingest=_IngestBar(bar, files=False),
+                on_query=queried,
+            )
     if as_json:
         _print_json(result.to_dict())
         return
     _print_eval(result, k)
 
 
+def _eval_place(
+    settings: Settings, dataset: str, tmp: Path, reuse_index: bool
+) -> tuple[Settings, Path]:
+    """The settings to evaluate with and the folder a downloaded dataset goes to: the user's
+    index with --reuse-index, else a fresh embedded one that leaves theirs untouched."""
+    if reuse_index:
+        return settings, settings.data_dir / "eval-datasets" / _slug(dataset)
+    fresh = settings.model_copy(update={"data_dir": tmp / "data", "qdrant_url": None})
+    return fresh, tmp / "dataset"
+
+
 def _print_eval(result: EvalReport, k: int) -> None:
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        _note("warning", warning)
     table = Table("metric", "value", title=f"{result.dataset}: {result.mode} search, k={k}")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.3f}")
@@ -474,21 +663,24 @@ def _slug(text: str) -> str:
 
 
 @docs_app.command("list")
-def docs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def docs_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the documents as JSON.")] = False,
+) -> None:
     """Every ingested document with its id, source and page count."""
-    service = _service()
-    try:
+    with _opened() as service:
         docs = service.documents()
-    finally:
-        service.close()
     if as_json:
         _print_json([asdict(d) for d in docs])
         return
-    table = Table("doc_id", "source", "pages", "title", "tags")
+    if not docs:
+        out.print("no documents yet; run `pagerag ingest PATH`")
+        return
+    table = _table("doc_id", "source", "pages", "title", "tags")
     for d in docs:
         table.add_row(d.doc_id[:12], d.source, str(d.pages), d.title, ", ".join(d.tags))
     out.print(table)
-    out.print(f"{len(docs)} documents, {sum(d.pages for d in docs)} pages")
+    pages = sum(d.pages for d in docs)
+    out.print(f"{_plural(len(docs), 'document')}, {_plural(pages, 'page')}", highlight=False)
 
 
 @docs_app.command("delete")
@@ -499,37 +691,63 @@ def docs_delete(
     ],
 ) -> None:
     """Remove a document: its pages in the index, its page images and its manifest entry."""
-    service = _service()
-    try:
+    with _opened() as service:
         info = service.delete(doc_id)
-    except Exception as exc:
-        _die_known(exc)
-    finally:
-        service.close()
-    out.print(f"deleted {info.doc_id[:12]} ({info.source or 'unknown source'}, {info.pages} pages)")
+    source = escape(info.source or "unknown source")
+    out.print(f"deleted {info.doc_id[:12]} ({source}, {_plural(info.pages, 'page')})")
 
 
 @app.command()
-def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
     """Backend, models, device, and how much is stored."""
-    service = _service()
-    try:
+    with _opened() as service:
         data = asdict(service.info())
-    finally:
-        service.close()
     if as_json:
         _print_json(data)
         return
-    for key, value in data.items():
-        out.print(f"{key:>18}: {value}", highlight=False)
+    for key, value in _info_lines(data):
+        out.print(f"{key:>12}: {escape(value)}", highlight=False, soft_wrap=True)
+
+
+def _info_lines(i: dict) -> list[tuple[str, str]]:
+    def loaded(flag: bool) -> str:
+        return "loaded" if flag else "not loaded"
+
+    lines = [
+        ("backend", i["backend"]),
+        ("data dir", i["data_dir"]),
+        ("retriever", f"{i['retriever_model']}, {loaded(i['retriever_loaded'])}"),
+        ("generator", f"{i['generator_model']}, {loaded(i['generator_loaded'])}"),
+        ("device", f"{i['device']}, {i['dtype']}"),
+        ("documents", str(i["documents"])),
+        ("pages", str(i["pages"])),
+    ]
+    if i["pending_documents"]:
+        pending = f"{_plural(i['pending_documents'], 'document')} ({i['pending_pages']} pages)"
+        lines.append(("pending", f"{pending} being ingested or interrupted: not searched yet"))
+    if i["waiting_pages"]:
+        waiting = f"{_plural(i['waiting_pages'], 'page')} without visual vectors (text search)"
+        lines.append(("waiting", waiting))
+    if i["failed_files"]:
+        lines.append(("failed", _plural(i["failed_files"], "file") + " could not be read"))
+    sizes = f"index {_size(i['index_bytes'])}, page images {_size(i['images_bytes'])}"
+    lines.append(("on disk", f"{_size(i['bytes_on_disk'])} ({sizes})"))
+    return lines
 
 
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")
+        str,
+        typer.Option(
+            envvar="PAGERAG_HOST", help="Address to listen on (0.0.0.0 for every interface)."
+        ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 7860,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, envvar="PAGERAG_PORT", help="Port to listen on.")
+    ] = 7860,
     docs: Annotated[
         list[Path],
         typer.Option(
@@ -541,27 +759,44 @@ def serve(
     process. Models load once at start-up; --docs folders are ingested in the background
     (only new or changed files), so /healthz answers at once and /readyz once models are
     loaded. PAGERAG_API_KEYS turns on API keys (and a UI login)."""
+    missing = [str(p) for p in docs if not p.expanduser().exists()]
+    if missing:
+        _die(f"no such file or folder: {', '.join(missing)}", EXIT_USAGE)
+    settings = _settings()
+    _check_port(host, port)
     # Gradio keeps uploads in /tmp/gradio by default, shared by every Gradio process on the
     # machine; read once when gradio is imported, so it is set before create_app imports it.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(_settings().data_dir / "gradio"))
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data_dir / "gradio"))
     from rag.server.app import create_app
     from rag.server.run import serve as serve_app
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    missing = [str(p) for p in docs if not p.expanduser().exists()]
-    if missing:
-        _die(f"no such file or folder: {', '.join(missing)}", code=2)
-    service = _service()
-    try:
+    with _opened(settings) as service:
         app_ = create_app(service, startup_paths=[p.expanduser() for p in docs])
         err.print(
             f"PageRAG on http://{host}:{port}/ (REST API /api/v1, its docs /docs)", highlight=False
         )
         serve_app(app_, host, port)
-    finally:
-        service.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit 2 at once when `host:port` cannot be listened on, before the models load and
+    before anything says the server is up (uvicorn would fail only after start-up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _die(f"port {port} is in use; set --port or PAGERAG_PORT", EXIT_USAGE)
+            _die(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); set --host and "
+                "--port (or PAGERAG_HOST, PAGERAG_PORT)",
+                EXIT_USAGE,
+            )
 
 
 @app.command()

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import UserError
 
 # visual: ColQwen2 MaxSim over the page images; text: BM25 over the PDF text layer (no model);
 # hybrid: both in one Qdrant query, fused by reciprocal rank fusion.
 SearchMode = Literal["visual", "text", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("visual", "text", "hybrid")
+
+
+ENV_PREFIX = "PAGERAG_"
 
 
 def default_data_dir() -> Path:
@@ -24,10 +31,23 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "pagerag"
 
 
+class InvalidSettingsError(UserError, ValueError):
+    """Settings that cannot be used: one line per bad variable, each naming the variable, the
+    value given and what is allowed (pydantic's own report is written for programmers)."""
+
+    http_status = 500  # the server's configuration, never the request's fault
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="PAGERAG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidSettingsError(_describe(exc)) from None
 
     data_dir: Path = Field(default_factory=default_data_dir)
 
@@ -106,6 +126,10 @@ class Settings(BaseSettings):
     # ingest/diskspace.py (a WAL segment plus the batch in flight); 0 turns the check off.
     disk_reserve_mb: int = Field(default=64, ge=0)
 
+    # Known errors (a model that cannot load, a full disk...) are logged as one line naming
+    # the fix; with PAGERAG_DEBUG=1 the server log has their tracebacks too.
+    debug: bool = False
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
@@ -154,3 +178,54 @@ class Settings(BaseSettings):
     def api_key_list(self) -> tuple[str, ...]:
         raw = self.api_keys.get_secret_value() if self.api_keys else ""
         return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad setting: `PAGERAG_NAME='value' is not allowed; use ...`."""
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = str(error["loc"][0]) if error["loc"] else ""
+        info = Settings.model_fields.get(field)
+        if info is None or ENV_PREFIX in message:  # a validator's own message names the variables
+            lines.setdefault(field or message, message)
+            continue
+        name = ENV_PREFIX + field.upper()
+        secret = SecretStr in _types(info.annotation)
+        given = f"{name} (value hidden)" if secret else f"{name}={str(error['input'])!r}"
+        allowed = _allowed(info)
+        lines.setdefault(
+            field, f"{given} is not allowed; " + (f"use {allowed}" if allowed else message)
+        )
+    return "\n".join(lines.values())
+
+
+def _types(annotation: Any) -> tuple[Any, ...]:
+    """The types of an annotation, `X | None` unpacked."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(a for a in get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _allowed(info: FieldInfo) -> str:
+    """What a setting accepts, in words: its choices, a number and its bounds, true/false."""
+    [kind, *_] = _types(info.annotation)
+    if get_origin(kind) is Literal:
+        choices = [str(c) for c in get_args(kind)]
+        return "one of " + ", ".join(choices)
+    if kind is bool:
+        return "true or false (also 1/0, yes/no, on/off)"
+    if kind not in (int, float):
+        return ""
+    noun = "a whole number" if kind is int else "a number"
+    low = {"at least": _bound(info, "ge"), "above": _bound(info, "gt")}
+    high = {"at most": _bound(info, "le"), "below": _bound(info, "lt")}
+    if low["at least"] is not None and high["at most"] is not None:
+        return f"{noun} from {low['at least']:g} to {high['at most']:g}"
+    bounds = [f"{word} {v:g}" for word, v in (low | high).items() if v is not None]
+    return ", ".join([noun, *bounds])
+
+
+def _bound(info: FieldInfo, name: str) -> float | None:
+    """A numeric bound of a field (`Field(ge=...)` keeps it in the metadata, as annotated_types)."""
+    return next((getattr(m, name) for m in info.metadata if hasattr(m, name)), None)

@@ -4,6 +4,7 @@ exception handler, the CLI's `_die_known`, the UI's `problem`). Anything else is
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 EXIT_CONFIG = 3  # a problem with the settings, the model, the index or the input
@@ -23,3 +24,18 @@ class UserError(Exception):
 def user_error_status(exc: BaseException) -> int | None:
     """The HTTP status for an error a user or operator can fix; None for a bug."""
     return exc.http_status if isinstance(exc, UserError) else None
+
+
+DEBUG_HINT = "PAGERAG_DEBUG=1 logs the traceback"
+
+
+def log_failure(
+    logger: logging.Logger, what: str, exc: BaseException, *, debug: bool = False
+) -> None:
+    """Log a failure: a `UserError` as one line (its message says the fix), a bug, or
+    anything with `debug` (PAGERAG_DEBUG=1), with its traceback."""
+    if isinstance(exc, UserError) and not debug:
+        message = " ".join(str(exc).split())
+        logger.error("%s: %s (%s)", what, message, DEBUG_HINT)
+    else:
+        logger.error("%s", what, exc_info=exc)

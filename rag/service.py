@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -19,12 +20,13 @@ from ingest.runner import IngestProgress, IngestRunner
 from ingest.sandbox import RenderSandbox
 from rag.answer import AnswerStream
 from rag.config import SEARCH_MODES, SearchMode, Settings
-from rag.errors import UserError
+from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import IdError, doc_prefix
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
 from rag.index.text import TEXT_CHANNEL
-from rag.models.loading import ModelLoadError
+from rag.models.download import DOWNLOADS
+from rag.models.loading import ModelDownloading, ModelLoadError
 from rag.models.protocols import AnswerWriter, PageRetriever
 from rag.prompt import Turn, parse_citations
 from rag.types import (
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 class PageRAGError(UserError):
     """A request the service cannot carry out as asked; the message says what to change."""
 
+    exit_code = 2  # bad usage: an empty question, an unknown document id, ...
+
 
 class DocumentPending(PageRAGError):
     """The document's ingestion has not completed (running, or interrupted)."""
@@ -56,6 +60,8 @@ class DocumentPending(PageRAGError):
 class DeletionQueued(PageRAGError):
     """A deletion waits for the running ingestion's current batch; it still happens."""
 
+    exit_code = EXIT_CONFIG  # not the command's fault: the index is busy
+
     def __init__(self, doc_id: str, waited: float) -> None:
         super().__init__(
             f"the deletion of document {doc_id[:12]} is queued: an ingestion is running and "
@@ -63,6 +69,20 @@ class DeletionQueued(PageRAGError):
             "then, without anything more to do; the document list shows when it is gone."
         )
         self.doc_id = doc_id
+
+
+def _device_dtype(settings: Settings) -> tuple[str, str]:
+    """The configured device and dtype, resolved ("auto" -> "cpu") only where torch is loaded
+    already (a model is, or is loading): `pagerag info` must not pay seconds of torch import."""
+    if "torch" not in sys.modules:
+        return settings.device, settings.dtype
+    from rag.models.device import resolve_device_dtype
+
+    try:
+        device, dtype = resolve_device_dtype(settings)
+    except ModelLoadError:  # e.g. PAGERAG_DEVICE=cuda without CUDA: loading says so
+        return settings.device, settings.dtype
+    return str(device), str(dtype).removeprefix("torch.")
 
 
 def _dir_size(path: Path) -> int:
@@ -91,6 +111,12 @@ class PageRAG:
         self._retriever = retriever
         self._generator = generator
         self._model_lock = threading.Lock()  # one model call at a time (one GPU, many callers)
+        # Loading (a first run downloads gigabytes) is not a model call: it has a lock per
+        # model, so one model keeps serving while the other downloads.
+        self._load_locks = {"retriever": threading.Lock(), "generator": threading.Lock()}
+        self._loading: set[str] = set()
+        self._load_errors: dict[str, str] = {}  # model -> why its last load failed, one line
+        self._visual_deferred = False  # an ingestion stored pages without waiting for a download
         # One ingestion or deletion at a time; deletions queue and run between two batches
         # of a running ingestion, so a DELETE never waits for a whole run (rag/writelock.py).
         self._writes = WriteLock(self.library.remove)
@@ -112,13 +138,74 @@ class PageRAG:
     @property
     def retriever(self) -> PageRetriever:
         """Given to the constructor, or ColQwen2 loaded on first use, so listing or deleting
-        documents needs no model."""
-        with self._model_lock:
-            if self._retriever is None:
-                from rag.models.retriever import Retriever
+        documents needs no model. While another thread downloads it: `ModelDownloading`."""
+        if self._retriever is None:
+            self._load("retriever")
+        assert self._retriever is not None
+        return self._retriever
 
-                self._retriever = Retriever.load(self.settings)
-            return self._retriever
+    def _load(self, which: str) -> None:
+        """Load the retriever or the generator once. A caller that finds another thread
+        downloading it is not kept waiting for gigabytes: `ModelDownloading` says how far it
+        is (an ingestion stores its pages for text search meanwhile). The reason of a failed
+        load is kept for `info()` until a load succeeds."""
+        lock = self._load_locks[which]
+        while not lock.acquire(timeout=0.25):
+            if which in self._loading and (refusal := self._downloading(which)):
+                self._visual_deferred |= which == "retriever"
+                raise refusal
+        try:
+            if getattr(self, f"_{which}") is not None:  # loaded while this caller waited
+                return
+            self._loading.add(which)
+            try:
+                if which == "retriever":
+                    from rag.models.retriever import Retriever
+
+                    model: Any = Retriever.load(self.settings)
+                else:
+                    from rag.models.generator import Generator
+
+                    model = Generator.load(self.settings)
+            except Exception as exc:
+                self._load_errors[which] = _load_reason(exc, which, self.settings)
+                raise
+            finally:
+                self._loading.discard(which)
+            self._load_errors.pop(which, None)
+            setattr(self, f"_{which}", model)
+        finally:
+            lock.release()
+
+    def _downloading(self, which: str) -> ModelDownloading | None:
+        """The refusal to wait for `which`, if one of its files is being downloaded now."""
+        from rag.models import generator, retriever
+
+        spec = retriever.SPEC if which == "retriever" else generator.SPEC
+        active = [d for d in DOWNLOADS.active() if d.kind == spec.kind]
+        if not active:
+            return None
+        d = active[0]
+        meanwhile = (
+            "visual and hybrid search work once it is done; text search works now "
+            "(`--mode text`)"
+            if which == "retriever"
+            else "answers are written once it is done; finding pages works now (`pagerag search`)"
+        )
+        return ModelDownloading(
+            f"the {spec.kind} model ({d.model_id}) is still downloading from the Hugging Face "
+            f"Hub, {d.describe()}; {meanwhile}",
+            model_id=d.model_id,
+            reason="downloading",
+            setting=spec.setting,
+        )
+
+    def visual_deferred(self) -> bool:
+        """Whether pages wait for visual vectors, or an ingestion went on without waiting for
+        the retriever's download (its pages may still be being stored): then, once the
+        retriever is loaded, an ingestion (even of nothing) embeds them. Resets the latter."""
+        deferred, self._visual_deferred = self._visual_deferred, False
+        return deferred or self.library.waiting_count() > 0
 
     # -- ingestion ------------------------------------------------------------------------
     def _runner(self, on_progress: Callable[[IngestProgress], None] | None = None) -> IngestRunner:
@@ -236,7 +323,7 @@ class PageRAG:
         self,
         query: str,
         k: int = 5,
-        flt: SearchFilter | None = None,
+        filters: SearchFilter | None = None,
         mode: SearchMode | None = None,
     ) -> list[Hit]:
         """The `k` best pages for `query`, best first.
@@ -251,14 +338,14 @@ class PageRAG:
             raise PageRAGError("the question is empty; type what you are looking for")
         if k < 1:
             raise PageRAGError("the number of results must be at least 1")
-        flt = self._visible(flt)
+        filters = self._visible(filters)
         if mode == "text":
-            return self.index.search_text(query, k, flt)
+            return self.index.search_text(query, k, filters)
         vectors = self._embed_query(query)
         if mode == "visual":
-            return self.index.search(vectors, k, flt)
+            return self.index.search(vectors, k, filters)
         weight = self.settings.hybrid_text_weight
-        return self.index.search_hybrid(vectors, query, k, flt, text_weight=weight)
+        return self.index.search_hybrid(vectors, query, k, filters, text_weight=weight)
 
     def search_mode(self, mode: str | None = None) -> SearchMode:
         """`mode` checked, or the configured default (PAGERAG_SEARCH_MODE) when None."""
@@ -287,36 +374,35 @@ class PageRAG:
         """Given to the constructor, or Qwen2-VL loaded on the first question, once per
         process; it shares the device with the retriever, and `_model_lock` keeps their calls
         (and two generations) apart."""
-        with self._model_lock:
-            if self._generator is None:
-                from rag.models.generator import Generator
-
-                self._generator = Generator.load(self.settings)
-            return self._generator
+        if self._generator is None:
+            self._load("generator")
+        assert self._generator is not None
+        return self._generator
 
     @generator.setter
     def generator(self, generator: AnswerWriter | None) -> None:
         """Swap the writer of answers (None: load PAGERAG_GENERATOR_MODEL on the next
         question); an answer being written keeps the one it started with."""
         self._generator = generator
+        self._load_errors.pop("generator", None)
 
     def ask(
         self,
         question: str,
         k: int | None = None,
-        flt: SearchFilter | None = None,
+        filters: SearchFilter | None = None,
         history: Sequence[Turn] = (),
         *,
         mode: SearchMode | None = None,
     ) -> Answer:
         """The whole answer at once; the same `Answer` that `ask_stream` ends with."""
-        return self.ask_stream(question, k, flt, history, mode=mode).answer
+        return self.ask_stream(question, k, filters, history, mode=mode).answer
 
     def ask_stream(
         self,
         question: str,
         k: int | None = None,
-        flt: SearchFilter | None = None,
+        filters: SearchFilter | None = None,
         history: Sequence[Turn] = (),
         *,
         mode: SearchMode | None = None,
@@ -329,13 +415,13 @@ class PageRAG:
         the generation stops and frees the device.
         """
         retrieved: list[Citation] = []  # filled by `_answer` when retrieval ends
-        return AnswerStream(self._answer(question, k, flt, history, mode, retrieved), retrieved)
+        return AnswerStream(self._answer(question, k, filters, history, mode, retrieved), retrieved)
 
     def _answer(
         self,
         question: str,
         k: int | None,
-        flt: SearchFilter | None,
+        filters: SearchFilter | None,
         history: Sequence[Turn],
         mode: SearchMode | None,
         retrieved: list[Citation] | None = None,
@@ -346,15 +432,15 @@ class PageRAG:
             raise PageRAGError("the question is empty; type what you want to know")
         if k < 1:
             raise PageRAGError("the number of pages must be at least 1")
-        if not self.index.count(self._visible(flt)):  # answered without calling any model
-            return self._no_pages(question, flt)
+        if not self.index.count(self._visible(filters)):  # answered without calling any model
+            return self._no_pages(question, filters)
         if mode != "text":  # text search needs no retriever model
             self.retriever  # noqa: B018 - load first, so retrieval_seconds is the search alone
         started = time.perf_counter()
-        hits = self.search(question, k, flt, mode)
+        hits = self.search(question, k, filters, mode)
         retrieval_seconds = time.perf_counter() - started
         if not hits:
-            return self._no_pages(question, flt)
+            return self._no_pages(question, filters)
         if retrieved is not None:  # the pages, before the model loads and reads them
             retrieved.extend(_citation(hit, n, False) for n, hit in enumerate(hits, 1))
         yield ""  # retrieval has ended (`AnswerStream.steps`; iterating skips it)
@@ -378,13 +464,25 @@ class PageRAG:
             completion_tokens=result.completion_tokens,
         )
 
-    def _no_pages(self, question: str, flt: SearchFilter | None) -> Answer:
+    def _no_pages(self, question: str, filters: SearchFilter | None) -> Answer:
         if not self.index.count(self._visible(None)):
-            text = (
-                "Nothing is indexed yet, so there are no pages to answer from. "
-                "Ingest some PDFs first (`pagerag ingest PATH`)."
-            )
-        elif flt is not None and not self.index.count(self._visible(flt)):
+            pending = len(self.pending())
+            if pending:
+                text = (
+                    "Nothing is searchable yet, so there are no pages to answer from: "
+                    f"{pending} document{'s are' if pending > 1 else ' is'} still being "
+                    "ingested (a document is searched once all its pages are stored). If their "
+                    "ingestion was interrupted, the next `pagerag ingest` completes the "
+                    "documents."
+                )
+            else:
+                text = (
+                    "Nothing is indexed yet, so there are no pages to answer from. "
+                    "Ingest some PDFs first (`pagerag ingest PATH`)."
+                )
+            if error := self._load_errors.get("retriever"):
+                text += f" The page model could not be loaded either: {error}"
+        elif filters is not None and not self.index.count(self._visible(filters)):
             text = (
                 "No indexed page matches the filter, so there are no pages to answer from. "
                 "Widen or remove the filter."
@@ -441,14 +539,14 @@ class PageRAG:
         """Documents not complete yet (being ingested, or interrupted): never searchable."""
         return self.library.pending()
 
-    def _visible(self, flt: SearchFilter | None) -> SearchFilter | None:
-        """`flt` limited to complete documents: a document's pages are found only once all of
+    def _visible(self, filters: SearchFilter | None) -> SearchFilter | None:
+        """`filters` limited to complete documents: a document's pages are found only once all of
         them are stored (a killed ingestion leaves its pages stored but invisible)."""
         pending = self.pending()
         if not pending:
-            return flt
-        flt = flt or SearchFilter()
-        return replace(flt, exclude_doc_ids=(*flt.exclude_doc_ids, *pending))
+            return filters
+        filters = filters or SearchFilter()
+        return replace(filters, exclude_doc_ids=(*filters.exclude_doc_ids, *pending))
 
     def delete(self, doc_id: str, timeout: float | None = None) -> DocumentInfo:
         """Remove a document's points, page images and manifest rows. A running ingestion
@@ -468,9 +566,7 @@ class PageRAG:
         return info, self._writes.delete(full)
 
     def info(self) -> ServiceInfo:
-        from rag.models.device import resolve_device_dtype
-
-        device, dtype = resolve_device_dtype(self.settings)
+        device, dtype = _device_dtype(self.settings)
         docs = self.manifest.documents()
         pending = self.pending()
         index_bytes = self.index.bytes_on_disk()
@@ -493,6 +589,8 @@ class PageRAG:
             pending_documents=len(pending),
             pending_pages=self.index.count(SearchFilter(doc_ids=pending)) if pending else 0,
             waiting_pages=self.library.waiting_count(),
+            retriever_error=self._load_errors.get("retriever", ""),
+            generator_error=self._load_errors.get("generator", ""),
             failed_files=len(self.manifest.failures()),
             bytes_on_disk=index_bytes + images_bytes + manifest_bytes,
             index_bytes=index_bytes,
@@ -502,6 +600,18 @@ class PageRAG:
     def close(self) -> None:
         self.index.close()
         self.manifest.close()
+
+
+def _load_reason(exc: Exception, which: str, settings: Settings) -> str:
+    """Why a model did not load, on one line; a `ModelLoadError` names the setting to change."""
+    if isinstance(exc, UserError):
+        return " ".join(str(exc).split())
+    model = settings.retriever_model if which == "retriever" else settings.generator_model
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (
+        f"loading the model '{model}' failed ({type(exc).__name__}: {first}); the server log "
+        "has the details"
+    )
 
 
 def _citation(hit: Hit, label: int, cited: bool) -> Citation:

@@ -102,11 +102,20 @@ class FileWarning:
     warning: str
 
 
+@dataclass(frozen=True)
+class FileDuplicate:
+    """A file not stored again: its content is already stored, under `same_as`."""
+
+    source: str
+    same_as: str
+
+
 @dataclass
 class IngestReport:
     indexed_documents: int = 0
     indexed_pages: int = 0
-    skipped_documents: int = 0
+    skipped_documents: int = 0  # unchanged files and duplicates
+    duplicates: list[FileDuplicate] = field(default_factory=list)  # of those, new copies
     failed: list[FileError] = field(default_factory=list)
     warnings: list[FileWarning] = field(default_factory=list)
     seconds: float = 0.0
@@ -138,6 +147,10 @@ class ServiceInfo:
     bytes_on_disk: int  # index + page images + manifest
     index_bytes: int
     images_bytes: int
+    # Why the last load of a model failed (one line naming the setting to change); empty once
+    # it loads, and before any attempt.
+    retriever_error: str = ""
+    generator_error: str = ""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ and returns plain values that `ui.app` puts into components. Tests call these di
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
@@ -13,7 +14,7 @@ from typing import Any
 from rag.config import SearchMode
 from rag.errors import UserError
 from rag.heatmap import page_heatmaps
-from rag.server.jobs import JobManager, display_name, stage_files
+from rag.server.jobs import JobInfo, JobManager, display_name, stage_files
 from rag.server.modelqueue import Ticket, WorkQueue
 from rag.service import PageRAG
 from rag.types import Answer, Citation, SearchFilter
@@ -21,11 +22,36 @@ from rag.types import Answer, Citation, SearchFilter
 Message = dict[str, str]  # a Chatbot message: {"role": "user" | "assistant", "content": ...}
 Turn = tuple[str, str]
 GalleryItem = tuple[Any, str]  # (image path or PIL image, caption)
+SHORT_ID = 12  # characters of a document id shown in the UI
+
+# Advice written for the command line, as the UI says it (what a browser user can do there).
+_UI_ADVICE = [
+    (re.compile(r"; `pagerag docs list` shows them"), "; the Library tab lists them"),
+    (
+        re.compile(r"give it with `--password FILE=PASSWORD` or decrypt it \(.*?\) first"),
+        "type its password in the upload area's Password field and add it again",
+    ),
+    (
+        re.compile(r"Ingest some PDFs first \(`pagerag ingest PATH`\)\."),
+        "Add PDFs or images in the Library tab first.",
+    ),
+    (re.compile(r"the next `pagerag ingest`( run)? completes"), "adding the files again completes"),
+]
+
+
+def ui_words(text: str) -> str:
+    """A message from the service or the ingestion, with its command-line advice replaced by
+    what to do in the web UI."""
+    for pattern, words in _UI_ADVICE:
+        text = pattern.sub(words, text)
+    return text
 
 
 @dataclass
 class AskView:
-    """Everything the Ask tab shows; yielded again after every streamed chunk."""
+    """Everything the Ask tab shows; yielded again after every step. `revision` grows when
+    anything but the chat changed (the pages, the chips, the note), so the UI sends only the
+    chat while the text streams."""
 
     chat: list[Message]
     turns: list[Turn]
@@ -34,6 +60,13 @@ class AskView:
     gallery: list[GalleryItem] = field(default_factory=list)
     chips: list[tuple[str, int]] = field(default_factory=list)  # (label, gallery index)
     note: str = ""
+    revision: int = 0
+
+    def show(self, **changes: Any) -> AskView:
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.revision += 1
+        return self
 
 
 def shown(text: str) -> str:
@@ -45,8 +78,14 @@ def shown(text: str) -> str:
 
 
 def problem(exc: BaseException) -> str | None:
-    """A plain-words message for an error a user can act on; None for a bug."""
-    return str(exc) if isinstance(exc, UserError) else None
+    """A plain-words message for an error a user can act on (with UI advice); None for a bug."""
+    return ui_words(str(exc)) if isinstance(exc, UserError) else None
+
+
+def resolve_docs(service: PageRAG, doc_ids: Sequence[str]) -> list[str]:
+    """Full document ids from ids or prefixes (a client that never loaded the page's menus
+    may name them), checked server-side; a `UserError` names an unknown one."""
+    return [service.resolve(d) for d in doc_ids if d and d.strip()]
 
 
 def ask(
@@ -61,29 +100,34 @@ def ask(
     *,
     work: WorkQueue,
 ) -> Iterator[AskView]:
-    """Stream an answer into the chat, then show its pages. Earlier turns go to the model as
-    the conversation's history, so follow-up questions can refer to them."""
+    """Show the question, then the retrieved pages as soon as retrieval ends, then stream
+    the answer, then mark the cited pages. Earlier turns go to the model as the
+    conversation's history, so follow-up questions can refer to them. Closing the iterator
+    (the Stop button) stops the generation and frees the model."""
     question = question.strip()
     view = AskView(chat=[*chat, {"role": "user", "content": shown(question)}], turns=list(turns))
     view.chat.append({"role": "assistant", "content": ""})
-    yield view
-    flt = SearchFilter(doc_ids=tuple(doc_ids)) if doc_ids else None
+    yield view.show(note="Finding the pages…")
     try:
+        filters = SearchFilter(doc_ids=tuple(resolve_docs(service, doc_ids))) if doc_ids else None
         with work.acquire() as ticket:
-            answer = yield from _stream(service, ticket, question, k, flt, mode, view)
-            view.question = question
-            view.pages = [_page(c) for c in answer.citations]
-            view.chips = [(_chip(c), i) for i, c in enumerate(answer.citations)]
-            view.gallery = gallery(
-                service, question, view.pages, show_map, work=work, ticket=ticket
+            answer = yield from _stream(service, ticket, question, k, filters, mode, view)
+            pages = [_page(c) for c in answer.citations]
+            shown_map = show_map and bool(pages)
+            if shown_map:
+                yield view.show(note="Drawing the similarity maps…")
+            view.show(
+                question=question,
+                pages=pages,
+                chips=[(_chip(c), i) for i, c in enumerate(answer.citations)],
+                gallery=gallery(service, question, pages, show_map, work=work, ticket=ticket),
             )
     except Exception as exc:
         message = problem(exc)
         if message is None:
             raise
         view.chat[-1] = {"role": "assistant", "content": shown(f"Not answered: {message}")}
-        view.note = message
-        yield view
+        yield view.show(note=message)
         return
     view.turns.append((question, answer.text))
     view.note = (
@@ -100,23 +144,86 @@ def _stream(
     ticket: Ticket,
     question: str,
     k: int,
-    flt: SearchFilter | None,
+    filters: SearchFilter | None,
     mode: SearchMode | None,
     view: AskView,
 ) -> Generator[AskView, None, Answer]:
-    """Yields the view as text arrives; returns the final `Answer`."""
-    stream = service.ask_stream(question, k, flt, view.turns, mode=mode)
+    """Yields the view when the pages are found and as text arrives; returns the `Answer`."""
+    stream = service.ask_stream(question, k, filters, view.turns, mode=mode)
+    writing = False
     try:
-        for chunk in stream:
+        for chunk in stream.steps():
+            if not chunk:  # retrieval ended: show the pages while the model reads them
+                if stream.retrieved and not view.pages:
+                    pages = [_page(c) for c in stream.retrieved]
+                    view.show(
+                        question=question,
+                        pages=pages,
+                        chips=[(_chip(c), i) for i, c in enumerate(stream.retrieved)],
+                        gallery=gallery(service, question, pages, False),
+                        note=f"Reading the {_count(len(pages), 'page')}…",
+                    )
+                    yield view
+                ticket.check()
+                continue
             text = view.chat[-1]["content"] + shown(chunk)
             view.chat[-1] = {"role": "assistant", "content": text}
+            if not writing:
+                writing = True
+                view.show(note="Writing the answer… (Stop ends it)")
             yield view
             ticket.check()
         answer = stream.answer
     finally:
-        stream.close()  # the reader left (or the deadline passed): stop generating
-    view.chat[-1] = {"role": "assistant", "content": shown(answer.text)}
+        stream.close()  # the reader left, Stop was pressed or the deadline passed
+    answer_text = ui_words(answer.text) if not answer.citations else answer.text
+    view.chat[-1] = {"role": "assistant", "content": shown(answer_text)}
     return answer
+
+
+def search(
+    service: PageRAG,
+    question: str,
+    k: int,
+    mode: SearchMode | None,
+    doc_ids: Sequence[str] = (),
+    *,
+    work: WorkQueue,
+) -> list[dict[str, Any]]:
+    """The `k` best pages, as JSON values (no server paths): doc_id, source, page, score."""
+    if not question or not question.strip():
+        raise _Refused("type a question (or some words) to search for first")
+    filters = SearchFilter(doc_ids=tuple(resolve_docs(service, doc_ids))) if doc_ids else None
+    with work.acquire():
+        hits = service.search(question.strip(), k, filters, mode)
+    return [
+        {
+            "label": n,
+            "doc_id": h.doc_id,
+            "source": h.source,
+            "title": h.title,
+            "page": h.page,
+            "score": round(h.score, 4),
+        }
+        for n, h in enumerate(hits, 1)
+    ]
+
+
+def search_view(service: PageRAG, question: str, hits: Sequence[dict[str, Any]]) -> AskView:
+    """The Ask tab's pages for search hits (no answer, nothing cited)."""
+    images = service.library.images
+    pages = [{**h, "image": str(images.path(h["doc_id"], h["page"])), "cited": False} for h in hits]
+    view = AskView(chat=[], turns=[], pages=pages, question=question)
+    view.gallery = gallery(service, question, pages, False)
+    view.chips = [(f"[{p['label']}] {p['source']} p.{p['page']}", i) for i, p in enumerate(pages)]
+    view.note = f"{_count(len(pages), 'page')} found; ask to get an answer from them."
+    if not pages:
+        view.note = "No page matches; try other words or another search mode."
+    return view
+
+
+class _Refused(UserError):
+    http_status = 400
 
 
 def _page(c: Citation) -> dict[str, Any]:
@@ -141,11 +248,12 @@ def gallery(
     pages: Sequence[dict[str, Any]],
     show_map: bool,
     *,
-    work: WorkQueue,
+    work: WorkQueue | None = None,
     ticket: Ticket | None = None,
 ) -> list[GalleryItem]:
     """The pages with their scores; with `show_map`, each with its similarity map (which needs
-    the model to embed the question: a ticket is taken unless the caller holds one)."""
+    the model to embed the question: a ticket is taken from `work` unless the caller holds
+    one)."""
     captions = [
         f"[{p['label']}] {p['source']} · page {p['page']} · score {p['score']:.2f}"
         + (" · cited" if p["cited"] else "")
@@ -155,6 +263,7 @@ def gallery(
         return [(p["image"], c) for p, c in zip(pages, captions, strict=True)]
     keys = [(p["doc_id"], p["page"]) for p in pages]
     if ticket is None:
+        assert work is not None, "similarity maps need the model: pass work= or ticket="
         with work.acquire():
             maps = page_heatmaps(service, question, keys)
     else:
@@ -179,52 +288,111 @@ def library(service: PageRAG) -> LibraryView:
     for d in docs:
         first = service.library.images.path(d.doc_id, 1)
         if first.is_file():
-            thumbs.append((str(first), f"{d.source} · {d.pages} pages"))
+            thumbs.append((str(first), f"{d.source} · {_count(d.pages, 'page')}"))
     return LibraryView(
-        rows=[[d.source, d.pages, d.title, d.ingested_at[:16], d.doc_id[:12]] for d in docs],
+        rows=[[d.source, d.pages, d.title, d.ingested_at[:16], d.doc_id[:SHORT_ID]] for d in docs],
         thumbnails=thumbs,
         choices=[(f"{d.source} ({d.doc_id[:8]})", d.doc_id) for d in docs],
         summary=f"{_count(len(docs), 'document')}, {_count(sum(d.pages for d in docs), 'page')}",
     )
 
 
-def upload(
-    jobs: JobManager,
-    files: Sequence[str | Path],
-    on_progress: Callable[[dict[str, Any]], None] = lambda _job: None,
-    poll: float = 0.2,
-) -> dict[str, Any]:
+def documents(service: PageRAG) -> list[dict[str, Any]]:
+    """The library as JSON values, for API clients of the UI."""
+    return [
+        {
+            "doc_id": d.doc_id,
+            "source": d.source,
+            "title": d.title,
+            "pages": d.pages,
+            "added": d.ingested_at,
+        }
+        for d in sorted(service.documents(), key=lambda d: d.source.lower())
+    ]
+
+
+def start_upload(jobs: JobManager, files: Sequence[str | Path], password: str = "") -> JobInfo:
     """Stage files dropped into the UI (Gradio's temporary copies, named as the user named
-    them), run the ingestion job, report progress while it runs; returns the finished job."""
+    them) and queue their ingestion job; `password` opens whichever of them is an encrypted
+    PDF."""
     folder = jobs.upload_folder()
     with ExitStack() as stack:
         named = [(display_name(Path(f).name), stack.enter_context(open(f, "rb"))) for f in files]
         reserve = jobs.service.settings.disk_reserve_mb
         staged, rejected = stage_files(named, folder, reserve_mb=reserve)
-    job = jobs.submit_upload(staged, rejected, folder)
-    while (view := jobs.get(job.id)) and view["state"] in ("queued", "running"):
-        on_progress(view)
+    passwords = {s.name: password for s in staged} if password else None
+    return jobs.submit_upload(staged, rejected, folder, passwords=passwords)
+
+
+def follow(jobs: JobManager, job_id: str, poll: float = 0.2) -> Iterator[JobInfo]:
+    """The job as it runs (every `poll` seconds), ending with its finished record."""
+    while (view := jobs.get(job_id)) and view.running:
+        yield view
         time.sleep(poll)
     assert view is not None
-    on_progress(view)
-    return view
+    yield view
 
 
-def job_report(job: dict[str, Any]) -> str:
+def upload(
+    jobs: JobManager,
+    files: Sequence[str | Path],
+    on_progress: Callable[[JobInfo], None] = lambda _job: None,
+    poll: float = 0.2,
+    password: str = "",
+) -> JobInfo:
+    """`start_upload`, then report progress while the job runs; returns the finished job."""
+    job = start_upload(jobs, files, password)
+    for job in follow(jobs, job.id, poll):  # noqa: B020 - the same job, newer each time
+        on_progress(job)
+    return job
+
+
+_STAGES = {
+    "reading": "Reading the files",
+    "loading the model": "Loading the page model (the first time takes a while)",
+    "rendering": "Rendering pages",
+    "embedding": "Embedding pages",
+    "storing": "Storing pages",
+    "done": "Finishing",
+}
+
+
+def stage_label(job: JobInfo) -> str:
+    """What the job is doing now, in words."""
+    if job.state == "queued":
+        return "Waiting for the ingestion ahead of it"
+    if job.state == "running":
+        return _STAGES.get(job.stage or "reading", job.stage)
+    return "Failed" if job.state == "failed" else "Done"
+
+
+def progress_text(job: JobInfo, what: str = "Adding") -> str:
+    """One progress line (Markdown) for a job: stage, pages and files so far, the file."""
+    parts = [f"**{what}: {stage_label(job)}{'…' if job.running else '.'}**"]
+    if job.pages_total:
+        done, total = job.pages_done, job.pages_total
+        filled = round(20 * done / total)
+        parts.append(f"`{'█' * filled}{'░' * (20 - filled)}` {done}/{total} pages")
+    if job.files_total:
+        parts.append(f"· {job.files_done}/{job.files_total} files")
+    if job.current:
+        parts.append(f"· {job.current}")
+    return " ".join(parts)
+
+
+def job_report(job: JobInfo) -> str:
     """A job's outcome in plain words (Markdown)."""
     lines = []
-    if job["state"] == "failed" and job["message"]:
-        lines.append(f"**Ingestion failed:** {job['message']}")
+    if job.state == "failed" and job.message:
+        lines.append(f"**Ingestion failed:** {ui_words(job.message)}")
     lines.append(
-        f"Added {_count(job['indexed_documents'], 'document')} "
-        f"({_count(job['indexed_pages'], 'page')}); "
-        f"{_count(job['skipped_documents'], 'file')} already in the library; "
-        f"{_count(len(job['errors']), 'file')} could not be read."
+        f"Added {_count(job.indexed_documents, 'document')} "
+        f"({_count(job.indexed_pages, 'page')}); "
+        f"{_count(job.skipped_documents, 'file')} already in the library; "
+        f"{_count(len(job.errors), 'file')} could not be read."
     )
-    for error in job["errors"]:
-        lines.append(f"- not added: **{error['source']}**: {error['error']}")
-    for warning in job["warnings"]:
-        lines.append(f"- note: **{warning['source']}**: {warning['warning']}")
+    lines += [f"- not added: **{e.source}**: {ui_words(e.error)}" for e in job.errors]
+    lines += [f"- note: **{w.source}**: {ui_words(w.warning)}" for w in job.warnings]
     return "\n".join(lines)
 
 
@@ -233,21 +401,40 @@ def _count(n: int, noun: str) -> str:
 
 
 def folder_problems(jobs: JobManager) -> str:
-    """How the ingestion of the start-up folder (`pagerag serve --docs`) went; uploads made
-    in the UI show their own report."""
+    """How the ingestion of the start-up folder (`pagerag serve --docs`) goes (live, while it
+    runs) or went; uploads made in the UI show their own report."""
     lines = []
     for job in jobs.list():
-        if job["kind"] != "folder":
+        if job.kind != "folder":
             continue
-        if job["state"] in ("queued", "running"):
-            done, total = job["pages_done"], job["pages_total"]
-            lines.append(f"Reading the start-up folder: {done}/{total} pages so far.")
-        elif job["message"]:
-            lines.append(f"Reading the start-up folder failed: {job['message']}")
-        if job["errors"]:
-            lines.append(f"{_count(len(job['errors']), 'file')} of the start-up folder:")
-            lines += [f"- not added: **{e['source']}**: {e['error']}" for e in job["errors"]]
+        if job.running:
+            lines.append(progress_text(job, "Start-up folder"))
+        elif job.message:
+            lines.append(f"Reading the start-up folder failed: {ui_words(job.message)}")
+        if job.errors:
+            lines.append(f"{_count(len(job.errors), 'file')} of the start-up folder:")
+            lines += [f"- not added: **{e.source}**: {ui_words(e.error)}" for e in job.errors]
     return "\n".join(lines)
+
+
+def any_running(jobs: JobManager) -> bool:
+    return any(j.running for j in jobs.list())
+
+
+def delete_prompt(service: PageRAG, doc_id: str | None) -> str:
+    """What deleting `doc_id` would remove, as a question to confirm (Markdown); a
+    `UserError` for an unknown id."""
+    if not doc_id:
+        raise _Refused("choose a document to delete first")
+    full = service.resolve(doc_id)
+    info = next((d for d in service.documents() if d.doc_id == full), None)
+    source = info.source if info else "(being ingested)"
+    pages = _count(info.pages, "page") if info else "its stored pages"
+    return (
+        f"**Delete {source}?** This removes its {pages}, their page images and its entry "
+        f"(id `{full[:SHORT_ID]}`) from the library. It cannot be undone (add the file again "
+        "to get it back)."
+    )
 
 
 def delete(service: PageRAG, doc_id: str | None) -> str:
@@ -260,7 +447,7 @@ def delete(service: PageRAG, doc_id: str | None) -> str:
         if message is None:
             raise
         return message
-    return f"Deleted **{info.source or info.doc_id[:12]}** ({info.pages} pages)."
+    return f"Deleted **{info.source or info.doc_id[:SHORT_ID]}** ({_count(info.pages, 'page')})."
 
 
 # -- status -------------------------------------------------------------------------------
@@ -293,7 +480,7 @@ def status(service: PageRAG, work: WorkQueue) -> str:
             f"away, {queue['timed_out']} timed out",
         ),
     ]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return "| Part | State |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def _loaded(flag: object) -> str:

@@ -1,9 +1,15 @@
 """The web UI: `build_ui(service)` returns Gradio Blocks wired to the `PageRAG` service.
 
 Building is separate from launching: `rag.server.app.create_app` mounts the Blocks into the server
-at `/`. On its own, `build_ui(service).launch(allowed_paths=[str(settings.images_dir)])` works
+at `/` (with `THEME` and `CSS`). On its own,
+`build_ui(service).launch(allowed_paths=[str(settings.images_dir)], theme=THEME, css=CSS)` works
 too (the gallery shows the stored page images). The work itself lives in `ui.actions`; this
 module only lays out components and connects events.
+
+Events that other programs may call (gradio_client, `/gradio_api/call/NAME`) are named: `ask`,
+`search`, `upload`, `delete`, `documents` and `status`; the rest are the page's own and hidden
+from the API. Document ids in `ask`, `search` and `delete` are checked on the server (a full
+id or a prefix of 4 or more hex digits), so a fresh session needs no refresh first.
 """
 
 from __future__ import annotations
@@ -25,12 +31,39 @@ THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
 )
+# Phone widths (issue 11, item 8): words and ids are never broken inside; a table too wide
+# for the screen scrolls sideways instead; gallery captions wrap instead of being cut.
+CSS = """
+#documents th, #documents td, #status th, #status td {
+  word-break: normal !important; overflow-wrap: break-word !important; hyphens: none;
+}
+#documents th, #documents td:nth-child(2), #documents td:nth-child(5), #status td:first-child {
+  white-space: nowrap !important;
+}
+#status table { table-layout: auto; }
+@media (max-width: 640px) {
+  #thumbs .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #pages .thumbnail-item, #thumbs .thumbnail-item {
+    aspect-ratio: auto !important; height: auto !important; display: flex;
+    flex-direction: column; overflow: visible !important;
+  }
+  #pages .thumbnail-item > img { height: 220px !important; }
+  #thumbs .thumbnail-item > img { height: 140px !important; }
+  #pages .caption-label, #thumbs .caption-label {
+    position: static !important; max-width: none !important; white-space: normal !important;
+    overflow: visible !important; text-overflow: clip !important; border: 0 !important;
+    overflow-wrap: break-word;
+  }
+}
+"""
 DOC_HEADERS = ["Source", "Pages", "Title", "Added (UTC)", "Id"]
 INTRO = (
     "## PageRAG\nAsk questions about your PDFs (charts, tables and scans too): the answer is "
     "read from the page images and cites them like [1]. Other programs can use the "
     "[REST API](/docs)."
 )
+PRIVATE = "private"  # events the page uses itself: not offered to API clients
+POLL_SECONDS = 2.0  # the Library tab's refresh while an ingestion job runs
 
 
 def build_ui(
@@ -52,12 +85,12 @@ def build_ui(
             with gr.Tab("Library", id="library"):
                 lib = _library_tab()
             with gr.Tab("Status", id="status"):
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(elem_id="status", label="status")
                 refresh_status = gr.Button("Refresh", size="sm")
         _wire_ask(service, work, ask)
         _wire_library(demo, service, jobs, lib, ask["doc_filter"])
-        refresh_status.click(lambda: actions.status(service, work), None, status)
-        demo.load(lambda: actions.status(service, work), None, status)
+        refresh_status.click(lambda: actions.status(service, work), None, status, api_name="status")
+        demo.load(lambda: actions.status(service, work), None, status, api_visibility=PRIVATE)
     # Gradio's own queue lets every model event through to the service's shared line, which
     # decides (for the UI and the API alike) who waits and who is turned away.
     demo.queue(default_concurrency_limit=settings.queue_size + 1)
@@ -65,6 +98,15 @@ def build_ui(
     # argument, read from the Blocks when they are mounted): a bound on the server's memory.
     demo.state_session_capacity = settings.ui_sessions
     return demo
+
+
+def _warn(exc: Exception) -> str:
+    """A user error's message, shown as a toast too; re-raises anything else (a bug)."""
+    message = actions.problem(exc)
+    if message is None:
+        raise exc
+    gr.Warning(message)
+    return message
 
 
 # -- Ask ----------------------------------------------------------------------------------
@@ -93,18 +135,32 @@ def _ask_tab(ask_pages: int, search_mode: str) -> dict[str, Any]:
             with gr.Row():
                 c["question"] = gr.Textbox(
                     placeholder="e.g. What was the total in November 2015?",
+                    label="Question",
                     show_label=False,
                     scale=5,
+                    min_width=180,
                     elem_id="question",
                 )
-                c["send"] = gr.Button("Ask", variant="primary", scale=1, elem_id="ask-button")
+                c["send"] = gr.Button(
+                    "Ask", variant="primary", scale=1, min_width=70, elem_id="ask-button"
+                )
+                c["stop"] = gr.Button(
+                    "Stop",
+                    variant="stop",
+                    scale=1,
+                    min_width=70,
+                    interactive=False,
+                    elem_id="stop-button",
+                )
+            c["note"] = gr.Markdown(elem_id="ask-note", label="note")
             c["chips"] = gr.Radio(
                 label="Sources (★ cited in the answer): click one to see its page",
                 choices=[],
                 elem_id="citations",
             )
-            c["note"] = gr.Markdown(elem_id="ask-note")
-            c["new"] = gr.Button("New conversation", size="sm")
+            with gr.Row():
+                c["find"] = gr.Button("Find pages only", size="sm", elem_id="find-button")
+                c["new"] = gr.Button("New conversation", size="sm")
         with gr.Column(scale=2):
             c["show_map"] = gr.Checkbox(
                 label="Show similarity maps (where the question matched each page)",
@@ -129,14 +185,20 @@ def _ask_tab(ask_pages: int, search_mode: str) -> dict[str, Any]:
                     value=search_mode,
                     label="How pages are found",
                 )
+                # Custom values: an API client names documents by id without loading the
+                # menu first; the server checks them (`actions.resolve_docs`).
                 c["doc_filter"] = gr.Dropdown(
-                    choices=[], multiselect=True, label="Only these documents (empty: all)"
+                    choices=[],
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="Only these documents (empty: all)",
                 )
     # The conversation as shown lives on the server: the Chatbot is only ever an output, so an
     # event cannot hand the server a chat history of its own (with file objects in it).
     c["history"] = gr.State([])
     c["turns"] = gr.State([])
     c["last"] = gr.State({})  # {"question": ..., "pages": [...]}: for the map toggle
+    c["hits"] = gr.JSON(visible=False, label="hits")  # the search endpoint's answer
     return c
 
 
@@ -164,13 +226,13 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
         if not question or not question.strip():
             gr.Warning("Type a question first.")
             return
-        cleared = False
+        sent = -1
         steps = actions.ask(
             service, question, chat, turns, int(k), docs or [], show_map, mode, work=work
         )
         for view in steps:
-            if view.pages or view.note or not cleared:
-                cleared = True
+            if view.revision != sent:  # pages, chips or note changed: send everything
+                sent = view.revision
                 last = {"question": view.question, "pages": view.pages}
                 chips = gr.Radio(choices=view.chips, value=None)
                 yield (view.chat, view.chat, view.turns, last, view.gallery, chips, view.note, "")
@@ -186,13 +248,54 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
         c["show_map"],
         c["mode"],
     ]
-    c["send"].click(on_ask, inputs, outputs)
-    c["question"].submit(on_ask, inputs, outputs)
+    stop_on = (lambda: gr.Button(interactive=True), None, c["stop"])
+    stop_off = (lambda: gr.Button(interactive=False), None, c["stop"])
+    quiet: dict[str, Any] = {"api_visibility": PRIVATE, "show_progress": "hidden"}
+    # Stop is enabled, then the answer runs, then Stop is disabled again: one chain, in order.
+    asked = [
+        c["send"].click(*stop_on, **quiet).then(on_ask, inputs, outputs, api_name="ask"),
+        c["question"]
+        .submit(*stop_on, **quiet)
+        .then(on_ask, inputs, outputs, api_visibility=PRIVATE),
+    ]
+    for event in asked:
+        event.then(*stop_off, **quiet)
+
+    def on_stop() -> tuple[Any, ...]:
+        # Cancelling closes on_ask's generator: the stream closes, the generation stops and
+        # the model is free. The partial answer stays in view (and out of the model's memory
+        # of the conversation).
+        return "Stopped: the rest of the answer was not written.", gr.Button(interactive=False)
+
+    c["stop"].click(on_stop, None, [c["note"], c["stop"]], cancels=asked, api_visibility=PRIVATE)
+
+    def on_search(question: str, k: float, mode: SearchMode, docs: list | None) -> Any:
+        try:
+            return actions.search(service, question, int(k), mode, docs or [], work=work)
+        except Exception as exc:
+            raise gr.Error(_warn(exc)) from exc
+
+    def show_hits(question: str, hits: list | None) -> tuple[Any, ...]:
+        view = actions.search_view(service, question, hits or [])
+        last = {"question": view.question, "pages": view.pages}
+        return last, view.gallery, gr.Radio(choices=view.chips, value=None), view.note
+
+    c["find"].click(
+        on_search,
+        [c["question"], c["k"], c["mode"], c["doc_filter"]],
+        c["hits"],
+        api_name="search",
+    ).success(
+        show_hits,
+        [c["question"], c["hits"]],
+        [c["last"], c["pages"], c["chips"], c["note"]],
+        api_visibility=PRIVATE,
+    )
 
     def on_chip(index: int | None) -> Any:
         return gr.Gallery(selected_index=index) if index is not None else gr.skip()
 
-    c["chips"].input(on_chip, c["chips"], c["pages"])
+    c["chips"].input(on_chip, c["chips"], c["pages"], api_visibility=PRIVATE)
 
     def on_map(show: bool, last: dict) -> Any:
         if not last.get("pages"):
@@ -200,18 +303,15 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
         try:
             return actions.gallery(service, last["question"], last["pages"], show, work=work)
         except Exception as exc:
-            message = actions.problem(exc)
-            if message is None:
-                raise
-            gr.Warning(message)
+            _warn(exc)
             return gr.skip()
 
-    c["show_map"].input(on_map, [c["show_map"], c["last"]], c["pages"])
+    c["show_map"].input(on_map, [c["show_map"], c["last"]], c["pages"], api_visibility=PRIVATE)
 
     def on_new() -> tuple[Any, ...]:
         return [], [], [], {}, [], gr.Radio(choices=[], value=None), "", ""
 
-    c["new"].click(on_new, None, outputs)
+    c["new"].click(on_new, None, outputs, api_visibility=PRIVATE)
 
 
 # -- Library ------------------------------------------------------------------------------
@@ -220,22 +320,33 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
 def _library_tab() -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, min_width=280):
             c["files"] = gr.File(
                 file_count="multiple",
                 label="Drop PDFs or images here (or click to choose)",
                 elem_id="upload",
             )
+            c["password"] = gr.Textbox(
+                type="password",
+                label="Password (only for encrypted PDFs; used for the files added with it)",
+                max_lines=1,
+                elem_id="upload-password",
+            )
             c["add"] = gr.Button("Add to library", variant="primary", elem_id="add-button")
-            c["report"] = gr.Markdown(elem_id="upload-report")
-            c["problems"] = gr.Markdown(elem_id="problems")
-        with gr.Column(scale=3):
-            c["summary"] = gr.Markdown(elem_id="library-summary")
+            # The one progress display of an upload: stage, pages, files, the file.
+            c["progress"] = gr.Markdown(elem_id="upload-status", label="progress")
+            c["report"] = gr.Markdown(elem_id="upload-report", label="report")
+            c["problems"] = gr.Markdown(elem_id="problems", label="start-up folder")
+        with gr.Column(scale=3, min_width=280):
+            c["summary"] = gr.Markdown(elem_id="library-summary", label="summary")
             c["table"] = gr.Dataframe(
                 headers=DOC_HEADERS,
                 interactive=False,
                 wrap=True,
-                column_widths=["34%", "9%", "27%", "18%", "12%"],
+                # Fixed widths: a phone scrolls the table sideways instead of squeezing
+                # "Pages" to a letter per line.
+                column_widths=["220px", "72px", "170px", "150px", "130px"],
+                label="Documents",
                 elem_id="documents",
             )
             c["thumbs"] = gr.Gallery(
@@ -247,9 +358,23 @@ def _library_tab() -> dict[str, Any]:
                 elem_id="thumbs",
             )
             with gr.Row():
-                c["to_delete"] = gr.Dropdown(choices=[], label="Document to delete", scale=3)
-                c["delete"] = gr.Button("Delete", variant="stop", scale=1)
-                c["refresh"] = gr.Button("Refresh", scale=1)
+                c["to_delete"] = gr.Dropdown(
+                    choices=[],
+                    allow_custom_value=True,
+                    label="Document to delete",
+                    scale=3,
+                    min_width=180,
+                    elem_id="to-delete",
+                )
+                c["delete"] = gr.Button("Delete…", variant="stop", scale=1, min_width=90)
+                c["refresh"] = gr.Button("Refresh", scale=1, min_width=90)
+            with gr.Group(visible=False, elem_id="delete-confirm") as c["confirm"]:
+                c["confirm_text"] = gr.Markdown(elem_id="delete-confirm-text")
+                with gr.Row():
+                    c["yes"] = gr.Button("Yes, delete it", variant="stop", elem_id="delete-yes")
+                    c["no"] = gr.Button("Cancel", elem_id="delete-no")
+            c["timer"] = gr.Timer(POLL_SECONDS, active=False)
+            c["seen"] = gr.State(())  # the listing last sent: unchanged ones are skipped
     return c
 
 
@@ -260,45 +385,112 @@ def _wire_library(
     c: dict[str, Any],
     doc_filter: gr.Dropdown,
 ) -> None:
-    listing = [c["summary"], c["table"], c["thumbs"], c["to_delete"], doc_filter, c["problems"]]
+    listing = [
+        c["summary"],
+        c["table"],
+        c["thumbs"],
+        c["to_delete"],
+        doc_filter,
+        c["problems"],
+        c["seen"],
+    ]
+    quiet: dict[str, Any] = {"api_visibility": PRIVATE, "show_progress": "hidden"}
 
-    def refresh(selected: list | None = None) -> tuple[Any, ...]:
+    def refresh(
+        to_delete: str | None = None,
+        selected: list | None = None,
+        seen: tuple = (),
+        force: bool = True,
+    ) -> tuple[Any, ...]:
+        """The library's components; choices made in the menus are kept while their document
+        is still there. Unless `force`, an unchanged listing is not sent again (the timer's
+        refresh must not reset what the user is doing)."""
         view = actions.library(service)
+        problems = actions.folder_problems(jobs)
+        signature = tuple(map(tuple, view.rows))
+        if not force and signature == tuple(seen):
+            return (*(gr.skip() for _ in listing[:-2]), problems, gr.skip())
         ids = {doc_id for _, doc_id in view.choices}
         kept = [d for d in selected or [] if d in ids]
         return (
             view.summary,
             {"data": view.rows, "headers": DOC_HEADERS},
             view.thumbnails,
-            gr.Dropdown(choices=view.choices, value=None),
+            gr.Dropdown(choices=view.choices, value=to_delete if to_delete in ids else None),
             gr.Dropdown(choices=view.choices, value=kept),
-            actions.folder_problems(jobs),
+            problems,
+            signature,
         )
 
-    def on_add(
-        files: list[str] | None, selected: list | None, progress: Any = gr.Progress()
-    ) -> tuple[Any, ...]:
+    menus = [c["to_delete"], doc_filter, c["seen"]]
+
+    def on_add(files: list[str] | None, password: str | None) -> Iterator[tuple[Any, ...]]:
+        """The upload's progress, then its report (the library stays usable meanwhile)."""
         if not files:
             gr.Warning("Drop or choose some PDFs first.")
-            return (gr.skip(), gr.skip(), *refresh(selected))
-
-        def show(job: dict[str, Any]) -> None:
-            total = job["pages_total"]
-            desc = f"{job['state']}: {job['current'] or 'reading files'}"
-            progress((job["pages_done"], total or None), desc=desc, unit="pages")
-
+            return
+        yield "**Adding: Reading the files…**", gr.skip(), gr.skip(), ""
         try:
-            job = actions.upload(jobs, files, show)
+            job = actions.start_upload(jobs, files, password or "")
         except QueueFull as exc:  # too many uploads waiting already
-            return (f"**Not added:** {exc}", gr.skip(), *refresh(selected))
-        return (actions.job_report(job), None, *refresh(selected))
+            yield "", gr.skip(), gr.skip(), f"**Not added:** {actions.ui_words(str(exc))}"
+            return
+        except Exception as exc:
+            yield "", gr.skip(), gr.skip(), f"**Not added:** {_warn(exc)}"
+            return
+        for job in actions.follow(jobs, job.id, poll=0.3):  # noqa: B020 - newer each time
+            if job.running:
+                yield actions.progress_text(job), gr.skip(), gr.skip(), gr.skip()
+        yield "", None, "", actions.job_report(job)
 
-    c["add"].click(on_add, [c["files"], doc_filter], [c["report"], c["files"], *listing])
+    upload = c["add"].click(
+        on_add,
+        [c["files"], c["password"]],
+        [c["progress"], c["files"], c["password"], c["report"]],
+        api_name="upload",
+        show_progress="hidden",
+    )
+    upload.then(refresh, menus, listing, **quiet)
+    # Refresh the listing while the job runs (documents appear as they are stored).
+    c["add"].click(lambda: gr.Timer(active=True), None, c["timer"], **quiet)
 
-    def on_delete(doc_id: str | None, selected: list | None) -> tuple[Any, ...]:
-        return (actions.delete(service, doc_id), *refresh(selected))
+    def on_tick(to_delete: str | None, selected: list | None, seen: tuple) -> tuple[Any, ...]:
+        still = actions.any_running(jobs)
+        return (*refresh(to_delete, selected, seen, force=False), gr.Timer(active=still))
 
-    c["delete"].click(on_delete, [c["to_delete"], doc_filter], [c["report"], *listing])
-    c["refresh"].click(refresh, doc_filter, listing)
-    # Fill the library (and the Ask tab's document filter) whenever a browser opens the page.
-    demo.load(refresh, doc_filter, listing)
+    c["timer"].tick(on_tick, menus, [*listing, c["timer"]], **quiet)
+
+    def on_load(to_delete: str | None, selected: list | None) -> tuple[Any, ...]:
+        return (*refresh(to_delete, selected), gr.Timer(active=actions.any_running(jobs)))
+
+    # Fill the library (and the Ask tab's document filter) whenever a browser opens the page;
+    # while a start-up ingestion runs, the timer keeps it current.
+    demo.load(on_load, menus[:2], [*listing, c["timer"]], **quiet)
+    c["refresh"].click(refresh, menus, listing, **quiet)
+
+    def documents() -> list[dict[str, Any]]:
+        """The library: doc_id, source, title, pages, added (UTC), sorted by source."""
+        return actions.documents(service)
+
+    gr.api(documents, api_name="documents")
+
+    # Deleting asks first, naming what goes; API clients call `delete` directly.
+    def on_ask_delete(doc_id: str | None) -> tuple[Any, ...]:
+        try:
+            text = actions.delete_prompt(service, doc_id)
+        except Exception as exc:
+            return gr.Group(visible=False), "", _warn(exc)
+        return gr.Group(visible=True), text, gr.skip()
+
+    confirm = [c["confirm"], c["confirm_text"], c["report"]]
+    c["delete"].click(on_ask_delete, c["to_delete"], confirm, **quiet)
+    hide = (lambda: (gr.Group(visible=False), ""), None, confirm[:2])
+    c["no"].click(*hide, **quiet)
+    c["to_delete"].change(*hide, **quiet)
+
+    def on_delete(doc_id: str | None) -> tuple[Any, ...]:
+        return actions.delete(service, doc_id), gr.Group(visible=False)
+
+    c["yes"].click(on_delete, c["to_delete"], [c["report"], c["confirm"]], api_name="delete").then(
+        refresh, menus, listing, **quiet
+    )

@@ -1,14 +1,20 @@
-"""Page index: the `PageIndex` protocol, its Qdrant Edge and Qdrant server adapters, a factory."""
+"""Page index: the `PageIndex` protocol, its Qdrant Edge and Qdrant server adapters, a factory.
+
+`ServerIndex` (qdrant-client, about a second to import) loads on first use, so commands on the
+embedded engine never pay for it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag.config import Settings
 from rag.index.base import SCHEMA_VERSION, IndexMismatchError, PageIndex, check_meta
 from rag.index.edge import EdgeIndex
 from rag.index.schema import point_id
-from rag.index.server import ServerIndex
+
+if TYPE_CHECKING:
+    from rag.index.server import ServerIndex
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -22,6 +28,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # `from rag.index import ServerIndex` still works; it imports qdrant-client only then.
+    if name == "ServerIndex":
+        from rag.index.server import ServerIndex
+
+        return ServerIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_index(settings: Settings) -> PageIndex:
     """Qdrant Edge in `settings.index_dir`, or the Qdrant server at `settings.qdrant_url`."""
     stages: dict[str, Any] = {
@@ -29,6 +44,8 @@ def open_index(settings: Settings) -> PageIndex:
         "hnsw_ef": settings.hnsw_ef,
     }
     if settings.qdrant_url:
+        from rag.index.server import ServerIndex
+
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return ServerIndex.connect(
             settings.qdrant_url,

@@ -49,18 +49,20 @@ class PageIndex(Protocol):
         """Give a stored page its visual vectors; False when no such page is stored."""
         ...
 
-    def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Two-stage: pooled prefetch, exact MaxSim rerank (both under `flt`).
+    def search(self, query: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[Hit]:
+        """Two-stage: pooled prefetch, exact MaxSim rerank (both under `filters`).
 
-        Equal to `search_exact` whenever no more pages match `flt` than the prefetch limit.
+        Equal to `search_exact` whenever no more pages match `filters` than the prefetch limit.
         """
         ...
 
-    def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Exact MaxSim over every page matching `flt` (the baseline for tests and benchmarks)."""
+    def search_exact(
+        self, query: np.ndarray, k: int, filters: SearchFilter | None = None
+    ) -> list[Hit]:
+        """Exact MaxSim over every page matching `filters` (the baseline of tests and benches)."""
         ...
 
-    def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    def search_text(self, text: str, k: int, filters: SearchFilter | None = None) -> list[Hit]:
         """BM25 over the pages' text layers (no model needed); pages without text never match."""
         ...
 
@@ -69,7 +71,7 @@ class PageIndex(Protocol):
         query: np.ndarray,
         text: str,
         k: int,
-        flt: SearchFilter | None = None,
+        filters: SearchFilter | None = None,
         *,
         text_weight: float = 1.0,
     ) -> list[Hit]:
@@ -88,7 +90,7 @@ class PageIndex(Protocol):
 
     def delete_document(self, doc_id: str) -> None: ...
 
-    def count(self, flt: SearchFilter | None = None) -> int: ...
+    def count(self, filters: SearchFilter | None = None) -> int: ...
 
     def page_ids(self, doc_id: str) -> list[int]:
         """Page numbers stored for a document (used to check completeness)."""

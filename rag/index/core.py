@@ -77,12 +77,12 @@ class PagePoint:
     payload: dict[str, Any]
 
 
-def where(flt: SearchFilter | None) -> Where | None:
+def where(filters: SearchFilter | None) -> Where | None:
     """SearchFilter -> Where (None: no restriction)."""
-    must = schema.filter_conditions(flt)
+    must = schema.filter_conditions(filters)
     must_not: list[schema.Condition] = []
-    if flt is not None and flt.exclude_doc_ids:
-        must_not.append(("doc_id", list(flt.exclude_doc_ids)))
+    if filters is not None and filters.exclude_doc_ids:
+        must_not.append(("doc_id", list(filters.exclude_doc_ids)))
     return Where(tuple(must), tuple(must_not)) if must or must_not else None
 
 
@@ -159,26 +159,28 @@ class QdrantIndex(ABC):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    def search(self, query: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[Hit]:
         """Cluster-vector HNSW prefetch, then exact MaxSim (`_pooled_stages`); exact whenever no
-        more than `prefetch_limit` pages match `flt`."""
-        return self._visual(query, k, flt, prefetch=True)
+        more than `prefetch_limit` pages match `filters`."""
+        return self._visual(query, k, filters, prefetch=True)
 
-    def search_exact(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        return self._visual(query, k, flt, prefetch=False)
+    def search_exact(
+        self, query: np.ndarray, k: int, filters: SearchFilter | None = None
+    ) -> list[Hit]:
+        return self._visual(query, k, filters, prefetch=False)
 
     def _visual(
-        self, query: np.ndarray, k: int, flt: SearchFilter | None, prefetch: bool
+        self, query: np.ndarray, k: int, filters: SearchFilter | None, prefetch: bool
     ) -> list[Hit]:
         q = _query_rows(query)
         if k < 1:
             return []
-        at = where(flt)
-        first = self._pooled_stages(q, flt, at, max(self.prefetch_limit, k)) if prefetch else ()
+        at = where(filters)
+        first = self._pooled_stages(q, filters, at, max(self.prefetch_limit, k)) if prefetch else ()
         return self._hits(Stage(Nearest(schema.COLQWEN, q), k, at, first))
 
     def _pooled_stages(
-        self, q: list[list[float]], flt: SearchFilter | None, at: Where | None, limit: int
+        self, q: list[list[float]], filters: SearchFilter | None, at: Where | None, limit: int
     ) -> tuple[Stage, ...]:
         """The prefetch in front of the exact rerank, keeping `limit` pages; () for none.
 
@@ -186,36 +188,36 @@ class QdrantIndex(ABC):
         pages (HNSW is approximate), so there is none and every page gets exact MaxSim. The
         count is one cheap call over the payload indexes.
         """
-        if self.count(flt) <= limit:
+        if self.count(filters) <= limit:
             return ()
         return (Stage(Nearest(schema.CLUSTERS, q), limit, at, hnsw_ef=self.hnsw_ef),)
 
     # -- text and hybrid search (BM25 channel: rag/index/text.py) -------------------------
 
-    def search_text(self, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    def search_text(self, text: str, k: int, filters: SearchFilter | None = None) -> list[Hit]:
         sparse = embed_query_text(text)
         if sparse is None or k < 1:
             return []
-        return self._hits(Stage(Nearest(TEXT, sparse), k, where(flt)))
+        return self._hits(Stage(Nearest(TEXT, sparse), k, where(filters)))
 
     def search_hybrid(
         self,
         query: np.ndarray,
         text: str,
         k: int,
-        flt: SearchFilter | None = None,
+        filters: SearchFilter | None = None,
         *,
         text_weight: float = 1.0,
     ) -> list[Hit]:
         q = _query_rows(query)
         if k < 1:
             return []
-        at = where(flt)
+        at = where(filters)
         # Each channel hands the fusion its best `depth` pages. The visual channel scores every
         # pooled candidate with MaxSim anyway, so passing them all on costs nothing; the same
         # exactness rule as `search` applies (no pooled stage when few pages match).
         depth = max(self.prefetch_limit, k)
-        pooled = self._pooled_stages(q, flt, at, depth)
+        pooled = self._pooled_stages(q, filters, at, depth)
         channels = [Stage(Nearest(schema.COLQWEN, q), depth, at, pooled)]
         sparse = embed_query_text(text)
         if sparse is not None:  # a query of stop words only has no text channel
@@ -229,8 +231,8 @@ class QdrantIndex(ABC):
     def _hits(self, stage: Stage) -> list[Hit]:
         return [schema.payload_to_hit(payload, score) for payload, score in self._run(stage)]
 
-    def count(self, flt: SearchFilter | None = None) -> int:
-        return self._count(where(flt))
+    def count(self, filters: SearchFilter | None = None) -> int:
+        return self._count(where(filters))
 
     def page_ids(self, doc_id: str) -> list[int]:
         pages: list[int] = []

@@ -307,6 +307,8 @@ class EdgeIndex(core.QdrantIndex):
         return (found[0].payload or {}, found[0].vector) if found else None
 
     def _write(self, points: list[core.PagePoint]) -> None:
+        # The stub's Vector union does not list a dict mixing dense rows and a SparseVector,
+        # which Point accepts (the contract suite stores exactly that).
         batch = [Point(p.id, p.vectors, p.payload) for p in points]  # type: ignore[arg-type]
         for start in range(0, len(batch), self.batch_size):
             self._shard.update(
@@ -317,6 +319,7 @@ class EdgeIndex(core.QdrantIndex):
         if isinstance(target, core.Where):
             self._shard.update(UpdateOperation.set_payload_by_filter(_must(target), payload))
         else:
+            # List[PointId] is invariant, so list[str] does not match although each id is one.
             self._shard.update(UpdateOperation.set_payload(target, payload))  # type: ignore[arg-type]
 
     def _delete(self, at: core.Where) -> None:

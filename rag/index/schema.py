@@ -149,18 +149,18 @@ def _grid(payload: dict[str, Any]) -> tuple[int, int]:
     return int(rows), int(cols)
 
 
-def filter_conditions(flt: SearchFilter | None) -> list[Condition]:
+def filter_conditions(filters: SearchFilter | None) -> list[Condition]:
     """SearchFilter -> conditions that must all hold (empty list: no restriction)."""
-    if flt is None:
+    if filters is None:
         return []
     conditions: list[Condition] = []
-    if flt.doc_ids:
-        conditions.append(("doc_id", list(flt.doc_ids)))
-    prefix = normalize_path(flt.source_prefix or "")
+    if filters.doc_ids:
+        conditions.append(("doc_id", list(filters.doc_ids)))
+    prefix = normalize_path(filters.source_prefix or "")
     if prefix:
         conditions.append(("paths", [prefix]))
-    if flt.tags:
-        conditions.append(("tags", list(flt.tags)))
+    if filters.tags:
+        conditions.append(("tags", list(filters.tags)))
     return conditions
 
 

@@ -78,6 +78,9 @@ class Generator:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.min_new_tokens = min_new_tokens
+        # transformers types processors as ProcessorMixin, which declares none of the parts a
+        # Qwen2-VL processor has (image_processor, tokenizer, image_token_id, __call__): the
+        # attr-defined / operator ignores on `self.processor` in this module are that.
         image_processor = processor.image_processor  # type: ignore[attr-defined]
         self.merge_size = int(image_processor.merge_size)
         self.pixels_per_token = (int(image_processor.patch_size) * self.merge_size) ** 2  # 28*28
@@ -171,7 +174,9 @@ class Generator:
 
         def generate() -> None:
             try:
-                outcome["ids"] = self.model.generate(**kwargs)  # type: ignore[misc]  # (1, prompt + new)
+                # generate() is typed as taking GenerationConfig-shaped kwargs only; the dict
+                # holds input tensors and the streamer too. Returns (1, prompt + new) ids.
+                outcome["ids"] = self.model.generate(**kwargs)  # type: ignore[misc]
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 outcome["error"] = exc
                 streamer.end()  # unblocks the consumer
@@ -272,7 +277,7 @@ class _StopWhenSet(StoppingCriteria):
     ) -> torch.BoolTensor:
         return torch.full(
             (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )  # type: ignore[return-value]
+        )  # type: ignore[return-value]  # torch.BoolTensor is a legacy alias of Tensor
 
 
 def _friendly(exc: BaseException) -> BaseException:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import UserError
+from rag.models.download import DOWNLOADS
 
 # Enough to load weights, config, tokenizer and processor; never pickles (*.bin) nor other formats.
 HUB_FILE_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken")
@@ -24,10 +25,21 @@ class ModelLoadError(UserError):
 
     http_status = 503
 
-    def __init__(self, message: str, *, model_id: str = "", reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, model_id: str = "", reason: str = "", setting: str = ""
+    ) -> None:
         super().__init__(message)
         self.model_id = model_id
         self.reason = reason
+        self.setting = setting  # the variable that chooses the model, e.g. PAGERAG_RETRIEVER_MODEL
+
+
+class ModelDownloading(ModelLoadError):
+    """Another thread is downloading the model: callers are told so (with the progress)
+    instead of waiting for gigabytes; the message says what works meanwhile."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "60"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class ModelSpec:
             "once so it can be downloaded from the Hugging Face Hub.",
             model_id=model_id,
             reason=reason,
+            setting=self.setting,
         )
 
 
@@ -106,17 +119,27 @@ def _from_hub(model_id: str, revision: str | None, spec: ModelSpec) -> ModelSour
         reason = "it is neither an existing local directory nor a Hugging Face Hub id"
         raise spec.error(model_id, reason) from exc
     try:
-        path = snapshot_download(model_id, revision=revision, allow_patterns=[*HUB_FILE_PATTERNS])
+        # The first run fetches gigabytes: its progress goes to /readyz, the UI and the log.
+        with DOWNLOADS.track(model_id, spec.kind) as progress:
+            path = snapshot_download(
+                model_id,
+                revision=revision,
+                allow_patterns=[*HUB_FILE_PATTERNS],
+                tqdm_class=progress,
+            )
     except Exception as exc:  # offline, unreachable, not found, gated: one fix for all
         lines = str(exc).strip().splitlines()
         detail = lines[0].removeprefix("Got: ") if lines else type(exc).__name__
         if isinstance(exc, LocalEntryNotFoundError):  # not cached, and no way to fetch it
-            cause = (
-                "HF_HUB_OFFLINE is set"
-                if constants.HF_HUB_OFFLINE
-                else f"the Hub cannot be reached ({detail})"
-            )
-            reason = f"{cause} and it is not in the Hugging Face cache"
+            if constants.HF_HUB_OFFLINE:
+                reason = (
+                    "it is not in the Hugging Face cache and HF_HUB_OFFLINE is set, which "
+                    "forbids downloading it (unset HF_HUB_OFFLINE to let it download)"
+                )
+            else:
+                reason = (
+                    f"the Hub cannot be reached ({detail}) and it is not in the Hugging Face cache"
+                )
         else:
             reason = f"{type(exc).__name__}: {detail}"
         raise spec.error(model_id, reason) from exc

@@ -17,17 +17,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.routing import Match
 
 from rag.config import Settings
-from rag.errors import UserError
+from rag.errors import UserError, log_failure
+from rag.models.download import DOWNLOADS
 from rag.server.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard, key_matches
 from rag.server.jobs import JobManager
 from rag.server.modelqueue import WorkQueue
 from rag.server.routes import router
+from rag.server.schemas import DownloadOut, HealthOut, ReadyOut, api_words
 from rag.service import PageRAG
 
 log = logging.getLogger(__name__)
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's script, stylesheet and icon
 
 API_DESCRIPTION = """Ask questions about PDFs (charts and tables too) by looking at their pages.
 
@@ -65,7 +69,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if warm_up:
             threading.Thread(
-                target=_load_models, args=(service, readiness), name="pagerag-warmup", daemon=True
+                target=_load_models,
+                args=(service, readiness, jobs),
+                name="pagerag-warmup",
+                daemon=True,
             ).start()
         else:
             readiness.ready.set()
@@ -74,13 +81,18 @@ def create_app(
         yield
         jobs.close()
 
-    app = FastAPI(
+    # Swagger UI at /docs from files in the fastapi-offline wheel, served at DOCS_ASSETS (FastAPI's
+    # own page loads them from a CDN: blank offline). Public, like /docs and /openapi.json.
+    # No ReDoc: one API reference is enough. No validator badge (it would call swagger.io).
+    app = FastAPIOffline(
         title="PageRAG",
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = service
     app.state.jobs = jobs
@@ -157,12 +169,16 @@ def _drop_security(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def _load_models(service: PageRAG, readiness: Readiness) -> None:
+def _load_models(service: PageRAG, readiness: Readiness, jobs: JobManager) -> None:
     try:
         service.retriever  # noqa: B018 - loads it, once per process
+        # Ingestions that ran during its download stored their pages for text search only:
+        # embed them now (a job of no files does just that).
+        if service.visual_deferred():
+            jobs.submit_paths([])
         service.generator  # noqa: B018
     except Exception as exc:  # /readyz reports it; the API answers 503 with the same message
-        log.exception("loading the models failed")
+        log_failure(log, "loading the models failed", exc, debug=service.settings.debug)
         readiness.error = str(exc)
         return
     readiness.ready.set()
@@ -171,29 +187,47 @@ def _load_models(service: PageRAG, readiness: Readiness) -> None:
 def _add_health(app: FastAPI) -> None:
     # Async and lock-free: they run on the event loop, so no number of slow requests holding
     # worker threads can keep them from answering.
-    @app.get("/healthz", tags=["status"])
-    async def healthz() -> dict[str, str]:
+    @app.get("/healthz", operation_id="health", tags=["status"])
+    async def healthz() -> HealthOut:
         """The process is up (answers while the models are still loading)."""
-        return {"status": "ok"}
+        return HealthOut(status="ok")
 
-    @app.get("/readyz", tags=["status"], responses={503: {"description": "Not ready yet"}})
+    @app.get(
+        "/readyz",
+        operation_id="ready",
+        tags=["status"],
+        response_model=ReadyOut,
+        response_model_exclude_none=True,
+        responses={503: {"model": ReadyOut, "description": "Not ready yet, or loading failed"}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         """Models loaded and index open: ready for questions."""
         readiness: Readiness = request.app.state.readiness
+        # A first run downloads the models: how far, so a client can tell waiting from stuck.
+        downloads = [DownloadOut.of(d).model_dump() for d in DOWNLOADS.active()]
+        extra = {"downloads": downloads} if downloads else {}
         if readiness.error:
-            body = {"status": "failed", "detail": readiness.error}
+            body = {"status": "failed", "detail": api_words(readiness.error), **extra}
             return JSONResponse(body, status.HTTP_503_SERVICE_UNAVAILABLE)
         if not readiness.ready.is_set():
-            body = {"status": "starting", "detail": "loading the models"}
+            detail = (
+                "downloading the models from the Hugging Face Hub (once; text search works "
+                "meanwhile)"
+                if downloads
+                else "loading the models"
+            )
+            body = {"status": "starting", "detail": detail, **extra}
             return JSONResponse(body, status.HTTP_503_SERVICE_UNAVAILABLE)
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", **extra})
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def known(request: Request, exc: Exception) -> JSONResponse:
-        # A UserError carries its own status (429 busy, 504 late, 503 not set up, ...).
+        # A UserError carries its own status (429 busy, 504 late, 503 not set up, ...); its
+        # command-line advice is worded for the API (`api_words`).
         assert isinstance(exc, UserError)
-        return JSONResponse({"detail": str(exc)}, exc.http_status, headers=exc.headers())
+        body = {"detail": api_words(str(exc))}
+        return JSONResponse(body, exc.http_status, headers=exc.headers())
 
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         # Logged in full; the client learns nothing internal. The process carries on.
@@ -220,7 +254,7 @@ def _mount_ui(
     """Mounts the web UI at `/`; returns the check of whether cookies are a UI login."""
     import gradio as gr
 
-    from ui.app import THEME, build_ui
+    from ui.app import CSS, THEME, build_ui
 
     settings = service.settings
     keys = settings.api_key_list
@@ -249,6 +283,7 @@ def _mount_ui(
         # upload them to a Hugging Face bucket; fewer routes, nothing leaves the server.
         run_history=False,
         theme=THEME,
+        css=CSS,
         **kwargs,
     )
     # Gradio checks the file paths in event inputs (only its upload folder) and outputs

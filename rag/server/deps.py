@@ -11,13 +11,13 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from rag import ids
+from rag.errors import UserError
 from rag.ids import (
     DOC_ID_LENGTH,
     DOC_PREFIX_PATTERN,
     JOB_ID_LENGTH,
     JOB_ID_PATTERN,
     MIN_PREFIX,
-    IdError,
     doc_prefix,
 )
 from rag.server.guard import key_matches
@@ -60,6 +60,12 @@ def require_key(
         )
 
 
+class UnknownDocument(UserError):
+    """No document has this id (or the prefix is ambiguous): a 404 for a path."""
+
+    http_status = 404
+
+
 def document_id(
     doc_id: Annotated[
         str,
@@ -72,15 +78,13 @@ def document_id(
     service: ServiceDep,
 ) -> str:
     """A full document id from the path (an id or a unique prefix): 422 for one that is not
-    hex (so it is never a pattern), 404 for an unknown or ambiguous one."""
-    try:
-        prefix = doc_prefix(doc_id)
-    except IdError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    hex (so it is never a pattern), 404 for an unknown or ambiguous one. Both are UserErrors:
+    the app's handler words them for the API."""
+    prefix = doc_prefix(doc_id)  # IdError: 422
     try:
         return service.resolve(prefix)
     except PageRAGError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        raise UnknownDocument(str(exc)) from exc
 
 
 DocId = Annotated[str, Depends(document_id)]
@@ -95,10 +99,7 @@ def job_id(
         ),
     ],
 ) -> str:
-    try:
-        return ids.job_id(job_id)
-    except IdError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return ids.job_id(job_id)  # IdError: 422
 
 
 JobId = Annotated[str, Depends(job_id)]

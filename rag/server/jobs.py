@@ -30,9 +30,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from ingest.discover import describe_content, sniff_kind
 from ingest.diskspace import DEFAULT_RESERVE_MB, DiskFullError, require_free
-from rag.errors import user_error_status
+from rag.errors import log_failure, user_error_status
 from rag.server.jobstore import JobStore
 from rag.server.modelqueue import QueueFull
+from rag.types import FileError, FileWarning
 
 if TYPE_CHECKING:
     from ingest.runner import IngestProgress
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "done", "failed"]
+JobKind = Literal["upload", "folder"]
 FileStatus = Literal["queued", "indexed", "unchanged", "failed"]
 
 _CHUNK = 1 << 20
@@ -73,11 +75,11 @@ class Staged:
 
 def stage(
     src: IO[bytes], name: str, folder: Path, *, reserve_mb: int = DEFAULT_RESERVE_MB
-) -> Staged | dict[str, str]:
-    """Copy an upload into `folder` under a fresh name; a `{source, error}` dict when its
-    content is not a PDF, PNG or JPEG (the extension is not looked at). `DiskFullError` (and
-    no copy left behind) when writing it would leave less than `reserve_mb` MB free: the
-    index must never be the one to meet the full disk (ingest/diskspace.py)."""
+) -> Staged | FileError:
+    """Copy an upload into `folder` under a fresh name; a `FileError` when its content is
+    not a PDF, PNG or JPEG (the extension is not looked at). `DiskFullError` (and no copy left
+    behind) when writing it would leave less than `reserve_mb` MB free: the index must never
+    be the one to meet the full disk (ingest/diskspace.py)."""
     then = f"{name!r} was not accepted; send it again once there is room"
     require_free(folder, reserve_mb, what="accepting an upload", then=then)
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,16 +110,16 @@ def stage(
         raise
     if sniff_kind(head) is None:
         dest.unlink()
-        return {"source": name, "error": describe_content(head)}
+        return FileError(name, describe_content(head))
     return Staged(dest.resolve(), name, digest.hexdigest())
 
 
 def stage_files(
     files: Iterable[tuple[str, IO[bytes]]], folder: Path, *, reserve_mb: int = DEFAULT_RESERVE_MB
-) -> tuple[list[Staged], list[dict[str, str]]]:
+) -> tuple[list[Staged], list[FileError]]:
     """`stage` each (display name, stream): the accepted files and the refused ones."""
     staged: list[Staged] = []
-    rejected: list[dict[str, str]] = []
+    rejected: list[FileError] = []
     for name, src in files:
         try:
             result = stage(src, name, folder, reserve_mb=reserve_mb)
@@ -132,8 +134,10 @@ def stage_files(
     return staged, rejected
 
 
-@dataclass
+@dataclass(frozen=True)
 class FileResult:
+    """What happened to one file of an upload."""
+
     name: str
     status: FileStatus
     doc_id: str | None = None
@@ -141,42 +145,62 @@ class FileResult:
 
 
 @dataclass
-class Job:
+class JobInfo:
+    """A job as readers see it: what `JobManager.get`, `list` and `wait` return, a copy taken
+    under the manager's lock (the running job goes on changing, the copy does not)."""
+
     id: str
-    kind: Literal["upload", "folder"]
+    kind: JobKind
     state: JobState = "queued"
     created_at: str = field(default_factory=_now)
     started_at: str | None = None
     finished_at: str | None = None
-    # Progress, as the ingestion runner reports it.
+    # Progress, as the ingestion runner reports it; the counters only grow while a run lasts.
+    stage: str = ""  # the runner's (ingest.runner.Stage): reading, loading the model, ...
     files_total: int = 0
     files_done: int = 0
     pages_total: int = 0
     pages_done: int = 0
-    current: str = ""
-    # Outcome.
+    current: str = ""  # the file being worked on
+    # Outcome (indexed_documents grows as documents complete).
     indexed_documents: int = 0
     indexed_pages: int = 0
     skipped_documents: int = 0
     files: list[FileResult] = field(default_factory=list)  # uploads: one per file sent
-    errors: list[dict[str, str]] = field(default_factory=list)  # {source, error}
-    warnings: list[dict[str, str]] = field(default_factory=list)  # {source, warning}
+    errors: list[FileError] = field(default_factory=list)
+    warnings: list[FileWarning] = field(default_factory=list)
     message: str = ""  # why the whole job failed (a model that cannot load, ...)
-    # Work order, not shown.
+
+    @property
+    def running(self) -> bool:
+        """Queued or running: not ended yet."""
+        return self.state in ("queued", "running")
+
+
+@dataclass
+class Job(JobInfo):
+    """A job with its work order, as the manager keeps it."""
+
     paths: list[Path] = field(default_factory=list, repr=False)
     sources: dict[Path, str] = field(default_factory=dict, repr=False)
     folder: Path | None = field(default=None, repr=False)  # staged uploads, removed at the end
     client: str = field(default="", repr=False)  # whose line it waits in (fair queue)
+    # Source name -> password of an encrypted PDF: kept in memory only, never stored or shown
+    # (a job resumed after a restart reports such a file as encrypted again).
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def view(self) -> dict[str, Any]:
-        data = asdict(self)
-        for private in ("paths", "sources", "folder", "client"):
-            data.pop(private)
-        return data
+    def view(self) -> JobInfo:
+        """A copy of what readers may see (call it holding the manager's lock)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(JobInfo)}
+        # The lists are copied; their items are frozen values.
+        shown.update(files=list(self.files), errors=list(self.errors), warnings=list(self.warnings))
+        return JobInfo(**shown)
 
     def record(self) -> dict[str, Any]:
-        """Everything about the job as JSON values (rag/server/jobstore.py stores it)."""
+        """Everything about the job as JSON values (rag/server/jobstore.py stores it), but
+        the passwords."""
         data = asdict(self)
+        data.pop("passwords")
         data["paths"] = [str(p) for p in self.paths]
         data["sources"] = [[str(p), name] for p, name in self.sources.items()]
         data["folder"] = None if self.folder is None else str(self.folder)
@@ -187,6 +211,10 @@ class Job:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}  # written by another version
         data["files"] = [FileResult(**f) for f in data["files"]]
+        data["errors"] = [FileError(e["source"], e["error"]) for e in data.get("errors", [])]
+        data["warnings"] = [
+            FileWarning(w["source"], w["warning"]) for w in data.get("warnings", [])
+        ]
         data["paths"] = [Path(p) for p in data["paths"]]
         data["sources"] = {Path(p): name for p, name in data["sources"]}
         data["folder"] = None if data["folder"] is None else Path(data["folder"])
@@ -222,15 +250,19 @@ class JobManager:
     def submit_upload(
         self,
         staged: Sequence[Staged],
-        rejected: Sequence[dict[str, str]],
+        rejected: Sequence[FileError],
         folder: Path,
         client: str = "",
-    ) -> Job:
+        passwords: dict[str, str] | None = None,
+    ) -> JobInfo:
+        """Queue the ingestion of staged uploads; `rejected` are reported as failed files,
+        `passwords` (file name -> password) open encrypted PDFs."""
         job = Job(
             client=client,
+            passwords=dict(passwords or {}),
             id=uuid.uuid4().hex,
             kind="upload",
-            files=[FileResult(r["source"], "failed", error=r["error"]) for r in rejected]
+            files=[FileResult(r.source, "failed", error=r.error) for r in rejected]
             + [FileResult(s.name, "queued", s.doc_id) for s in staged],
             errors=list(rejected),
             paths=[s.path for s in staged],
@@ -239,10 +271,12 @@ class JobManager:
         )
         return self._submit(job)
 
-    def submit_paths(self, paths: Sequence[Path]) -> Job:
+    def submit_paths(self, paths: Sequence[Path]) -> JobInfo:
+        """Ingest files and folders on the server's disk; no paths: only embed the pages
+        that wait for visual vectors (stored while the retriever could not load)."""
         return self._submit(Job(id=uuid.uuid4().hex, kind="folder", paths=list(paths)))
 
-    def _submit(self, job: Job) -> Job:
+    def _submit(self, job: Job) -> JobInfo:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
@@ -254,11 +288,12 @@ class JobManager:
             self._jobs[job.id] = job
             self._forget_old()
         self._save(job)
-        if job.paths:
+        if job.paths or job.kind == "folder":
             self._enqueue(job)
         else:  # every file was refused: nothing to run
             self._end(job, "failed", "none of the files is a PDF or an image")
-        return job
+        with self._lock:
+            return job.view()
 
     def _enqueue(self, job: Job) -> None:
         with self._lock:
@@ -308,13 +343,16 @@ class JobManager:
                 )
                 continue
             job.warnings.append(
-                {
-                    "source": job.current,
-                    "warning": f"interrupted when the server stopped (job {job.state} since "
+                FileWarning(
+                    job.current,
+                    f"interrupted when the server stopped (job {job.state} since "
                     f"{job.started_at or job.created_at}); resumed at the restart",
-                }
+                )
             )
             job.state, job.started_at = "queued", None
+            # The resumed run counts afresh (the runner stores only the pages still missing).
+            job.stage, job.current = "", ""
+            job.files_total = job.files_done = job.pages_total = job.pages_done = 0
             self._save(job)
             self._enqueue(job)
 
@@ -326,19 +364,20 @@ class JobManager:
             self._jobs.popitem(last=False)
 
     # -- reading --------------------------------------------------------------------------
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> JobInfo | None:
         with self._lock:
             job = self._jobs.get(job_id)
             return job.view() if job else None
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[JobInfo]:
+        """The jobs kept, newest first."""
         with self._lock:
             return [j.view() for j in reversed(self._jobs.values())]
 
-    def wait(self, job_id: str, timeout: float = 60.0) -> dict[str, Any] | None:
+    def wait(self, job_id: str, timeout: float = 60.0) -> JobInfo | None:
         """Poll until the job has ended (or `timeout` passes); for tests and scripts."""
         end = time.monotonic() + timeout
-        while (view := self.get(job_id)) and view["state"] in ("queued", "running"):
+        while (view := self.get(job_id)) and view.running:
             if time.monotonic() > end:
                 break
             time.sleep(0.05)
@@ -350,8 +389,9 @@ class JobManager:
             try:
                 self._run(job)
             except Exception as exc:  # a job must never take the worker (or the server) down
+                debug = self.service.settings.debug
+                log_failure(log, f"ingestion job {job.id} failed", exc, debug=debug)
                 if user_error_status(exc) is None:
-                    log.exception("ingestion job %s failed", job.id)
                     message = f"ingestion failed ({type(exc).__name__}: {exc})"
                 else:
                     message = str(exc)
@@ -365,29 +405,29 @@ class JobManager:
         # them rather than "indexed".
         known = {d.doc_id for d in self.service.documents()}
         report = self.service.ingest(
-            job.paths, sources=job.sources or None, on_progress=lambda p: self._progress(job, p)
+            job.paths,
+            sources=job.sources or None,
+            passwords=job.passwords or None,
+            on_progress=lambda p: self._progress(job, p),
         )
         with self._lock:
-            job.indexed_documents = report.indexed_documents
+            job.indexed_documents = max(job.indexed_documents, report.indexed_documents)
             job.indexed_pages = report.indexed_pages
             job.skipped_documents = report.skipped_documents
-            job.errors.extend(asdict(f) for f in report.failed)
-            job.warnings.extend(asdict(w) for w in report.warnings)
-            failed = {f.source: f.error for f in report.failed}
-            for f in job.files:
-                if f.status == "failed":
-                    continue
-                if f.name in failed:
-                    f.status, f.error = "failed", failed[f.name]
-                elif f.status == "queued":
-                    f.status = "unchanged" if f.doc_id in known else "indexed"
+            job.errors.extend(report.failed)
+            job.warnings.extend(report.warnings)
+            job.files = [_outcome(f, report.failed, known) for f in job.files]
         self._end(job, "done")
 
     def _progress(self, job: Job, p: IngestProgress) -> None:
+        # The runner's counters only grow; max() keeps the job's so whatever a report says.
         with self._lock:
-            job.files_total, job.files_done = p.files_total, p.files_done
-            job.pages_total, job.pages_done = p.pages_total, p.pages_done
-            job.current = p.current
+            job.stage, job.current = p.stage, p.current
+            job.files_total = max(job.files_total, p.files_total)
+            job.files_done = max(job.files_done, p.files_done)
+            job.pages_total = max(job.pages_total, p.pages_total)
+            job.pages_done = max(job.pages_done, p.pages_done)
+            job.indexed_documents = max(job.indexed_documents, p.indexed_documents)
 
     def _end(self, job: Job, state: JobState, message: str = "") -> None:
         # The ended record is stored first, then the staged files go, and only then do readers
@@ -424,6 +464,17 @@ class JobManager:
         self.store.prune(self._keep)
         if worker is None or not worker.is_alive():
             self.store.close()
+
+
+def _outcome(f: FileResult, failed: Sequence[FileError], known: set[str]) -> FileResult:
+    """An upload's file once the ingestion ran: failed (with why), or indexed, or unchanged
+    (its content was in the library before the job started)."""
+    if f.status != "queued":
+        return f
+    error = next((e.error for e in failed if e.source == f.name), None)
+    if error is not None:
+        return replace(f, status="failed", error=error)
+    return replace(f, status="unchanged" if f.doc_id in known else "indexed")
 
 
 def _remove_stale(folder: Path, older_than: float, keep: set[str]) -> None:

@@ -2,6 +2,8 @@
 
 Model work (search, answers, similarity maps) takes a ticket from the service's shared line
 first; the app's exception handlers turn a full line into 429 and a passed deadline into 504.
+Every operation has an explicit id and declares the statuses it can answer, so clients
+generated from /openapi.json (openapi-python-client, tests/rag/test_openapi_client.py) work.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import json
 import logging
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from rag.answer import AnswerStream
 from rag.errors import user_error_status
@@ -46,11 +47,17 @@ from rag.server.schemas import (
     JobOut,
     JobsOut,
     Problem,
+    QuestionIn,
     SearchIn,
     SearchOut,
+    StatusOut,
+    ValidationProblem,
     answer_out,
+    api_words,
     document_out,
     hit_out,
+    job_out,
+    status_out,
     to_filter,
 )
 from rag.service import DeletionQueued, DocumentPending, PageRAG
@@ -58,67 +65,136 @@ from rag.types import Answer, SearchFilter
 
 log = logging.getLogger(__name__)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "PAGERAG_API_KEYS is set and no valid key was sent"},
+# What each status means, as the routes declare them (`errors`); a route may say more.
+_WHY = {
+    400: "A bad value: an empty question, an unknown document in the filter, ...",
+    401: "PAGERAG_API_KEYS is set and no valid key was sent",
+    404: "No such document, page or job",
+    408: "The request body stopped arriving",
+    409: "The document is not complete yet: being ingested or interrupted",
+    413: "The body is larger than its cap (4 MiB; uploads: PAGERAG_MAX_UPLOAD_MB)",
+    415: "The body is not of a type this route takes",
+    422: "The body or a parameter does not fit its schema, or a malformed id",
+    429: "Too many requests are waiting; try again after `Retry-After` seconds",
+    503: "A model or the index cannot be used; the message names the setting to change",
+    504: "The request did not finish within PAGERAG_REQUEST_TIMEOUT",
+    507: "Too little free disk (PAGERAG_DISK_RESERVE_MB)",
 }
-_MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "Empty question, unknown document in the filter"},
-    429: {"model": Problem, "description": "Too many requests waiting; see Retry-After"},
-    504: {"model": Problem, "description": "The request passed PAGERAG_REQUEST_TIMEOUT"},
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+
+
+def errors(*codes: int, json_ref: bool = False, **why: str) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route for these statuses (`why`: `s409="..."` to say more).
+
+    `json_ref`: for a route whose own responses are not JSON (images, events). FastAPI gives a
+    `model` the route's media type, so its errors name their JSON schema by reference instead
+    (the JSON routes declare the same models, which puts them in the schema's components)."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        model = ValidationProblem if code == 422 else Problem
+        entry: dict[str, Any] = {"description": why.get(f"s{code}", _WHY[code])}
+        if json_ref:
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+            entry["content"] = {"application/json": {"schema": ref}}
+        else:
+            entry["model"] = model
+        if code == 429:
+            entry["headers"] = _RETRY_AFTER
+        declared[code] = entry
+    return declared
+
+
+# Statuses of the routes that use the model (each also answers 401 with keys set, 413 past
+# the body cap, 422 for a bad body).
+_MODEL = (400, 413, 422, 429, 503, 504)
+_PNG = {
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "A PNG image",
 }
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
+
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)], responses=errors(401))
 
 
 # -- search and answers -------------------------------------------------------------------
 
 
-@router.post("/search", tags=["search"], responses=_MODEL_ERRORS)
+@router.post("/search", operation_id="search", tags=["search"], responses=errors(*_MODEL))
 async def search(body: SearchIn, request: Request, service: ServiceDep, work: WorkDep) -> SearchOut:
     """The pages that best match a query (ColQwen2 late interaction, exact MaxSim rerank)."""
-    flt = to_filter(body.filter, service.resolve)
+    filters = to_filter(body.filter, service.resolve)
     with await admit(work):
-        hits = await run_in_threadpool(service.search, body.query, body.top_k, flt, body.mode)
+        hits = await run_in_threadpool(service.search, body.query, body.top_k, filters, body.mode)
     return SearchOut(query=body.query, hits=[hit_out(request, h, body.query) for h in hits])
 
 
+@router.post("/ask", operation_id="ask", tags=["search"], responses=errors(*_MODEL))
+async def ask(body: AskIn, request: Request, service: ServiceDep, work: WorkDep) -> AnswerOut:
+    """Answer a question from the best pages with Qwen2-VL, citing them as [1], [2], ...
+
+    To stream the answer use POST /ask/stream; `stream: true` here does the same (server-sent
+    events) for the clients that used it before that operation existed."""
+    if body.stream:  # an EventSourceResponse, not the AnswerOut the schema documents
+        return await ask_stream(body, request, service, work)  # type: ignore[return-value]
+    filters = to_filter(body.filter, service.resolve)
+    with await admit(work) as ticket:
+        answer = await run_in_threadpool(_answer, service, ticket, body, filters)
+    return answer_out(request, answer)
+
+
+_EVENTS = """Server-sent events: `token` events (`{"text": ...}`) as the answer is written,
+then one `answer` event (the body POST /ask returns) or, when something fails after the
+stream began, one `error` event (`{"status": 504, "detail": ...}`). Errors before it began
+are plain HTTP statuses."""
+
+
 @router.post(
-    "/ask",
+    "/ask/stream",
+    operation_id="askStream",
     tags=["search"],
+    response_class=EventStreamResponse,
     responses={
-        **_MODEL_ERRORS,
         200: {
-            "content": {"text/event-stream": {}},
-            "description": "The answer; with `stream: true`, server-sent events: `token` "
-            "events (`{text}`), then one `answer` event (this body) or an `error` event",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": _EVENTS,
         },
+        **errors(*_MODEL, json_ref=True),
     },
 )
-async def ask(body: AskIn, request: Request, service: ServiceDep, work: WorkDep) -> AnswerOut:
-    """Answer a question from the best pages with Qwen2-VL, citing them as [1], [2], ..."""
-    flt = to_filter(body.filter, service.resolve)
+async def ask_stream(
+    body: QuestionIn, request: Request, service: ServiceDep, work: WorkDep
+) -> EventStreamResponse:
+    """Answer a question as POST /ask does, streamed as server-sent events."""
+    filters = to_filter(body.filter, service.resolve)
     ticket = await admit(work)
-    if not body.stream:
-        with ticket:
-            answer = await run_in_threadpool(_answer, service, ticket, body, flt)
-        return answer_out(request, answer)
     try:
-        stream = service.ask_stream(body.question, body.top_k, flt, body.turns(), mode=body.mode)
+        stream = service.ask_stream(
+            body.question, body.top_k, filters, body.turns(), mode=body.mode
+        )
         # The first words (after retrieval; None when the answer has no text to stream) are
         # awaited before answering, so errors up to there still get a proper HTTP status.
         first = await run_in_threadpool(next, stream, None)
     except BaseException:
         ticket.release()
         raise
-    return StreamingResponse(  # type: ignore[return-value]
+    return EventStreamResponse(
         _events(request, stream, first, ticket),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _answer(service: PageRAG, ticket: Ticket, body: AskIn, flt: SearchFilter | None) -> Answer:
-    stream = service.ask_stream(body.question, body.top_k, flt, body.turns(), mode=body.mode)
+def _answer(
+    service: PageRAG, ticket: Ticket, body: QuestionIn, filters: SearchFilter | None
+) -> Answer:
+    stream = service.ask_stream(body.question, body.top_k, filters, body.turns(), mode=body.mode)
     try:
         for _ in stream:
             ticket.check()  # past the deadline: closing the stream stops the generation
@@ -147,7 +223,7 @@ async def _events(
             log.exception("streaming an answer failed")
             code, detail = 500, "internal error while answering; see the server log"
         else:
-            detail = str(exc)
+            detail = api_words(str(exc))
         yield _sse("error", {"status": code, "detail": detail})
     finally:
         # A client that went away cancels this task: finish the clean-up regardless, so the
@@ -160,33 +236,34 @@ async def _events(
 # -- documents ----------------------------------------------------------------------------
 
 
-@router.get("/documents", tags=["documents"])
+@router.get("/documents", operation_id="listDocuments", tags=["documents"])
 def list_documents(request: Request, service: ServiceDep) -> DocumentsOut:
+    """The library: every complete document."""
     return DocumentsOut(documents=[document_out(request, d) for d in service.documents()])
 
 
 @router.get(
     "/documents/{doc_id}",
+    operation_id="getDocument",
     tags=["documents"],
-    responses={
-        404: {"model": Problem},
-        409: {"model": Problem, "description": "Not complete yet: being ingested or interrupted"},
-    },
+    responses=errors(404, 409, 422),
 )
 def get_document(doc_id: DocId, request: Request, service: ServiceDep) -> DocumentOut:
+    """One document (a unique prefix of its id is enough)."""
     try:
         return document_out(request, service.document(doc_id))
     except DocumentPending as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        raise HTTPException(status.HTTP_409_CONFLICT, api_words(str(exc))) from exc
 
 
 @router.delete(
     "/documents/{doc_id}",
+    operation_id="deleteDocument",
     tags=["documents"],
     response_model=DeletedOut,
     responses={
-        404: {"model": Problem},
         202: {"model": Problem, "description": "Queued behind a running ingestion; it happens"},
+        **errors(404, 422),
     },
 )
 async def delete_document(doc_id: DocId, request: Request, service: ServiceDep) -> Any:
@@ -202,8 +279,8 @@ async def delete_document(doc_id: DocId, request: Request, service: ServiceDep) 
         while not deletion.done.is_set():
             await anyio.sleep(0.02)
     if not deletion.wait(0):
-        detail = str(DeletionQueued(info.doc_id, timeout))
-        return JSONResponse({"detail": detail}, status.HTTP_202_ACCEPTED)
+        detail = api_words(str(DeletionQueued(info.doc_id, timeout)))
+        return JSONResponse(Problem(detail=detail).model_dump(), status.HTTP_202_ACCEPTED)
     return DeletedOut(deleted=document_out(request, info))
 
 
@@ -215,7 +292,20 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "PDFs, PNG or JPEG images (recognised by content)",
+                        },
+                        "password": {
+                            "type": "string",
+                            "description": "Opens whichever of the files is an encrypted PDF",
+                        },
+                        "passwords": {
+                            "type": "string",
+                            "description": "Passwords per file, as a JSON object of file name "
+                            'to password: `{"q1.pdf": "secret"}` (before `password`)',
+                        },
                     },
                     "required": ["files"],
                 }
@@ -227,28 +317,40 @@ _UPLOAD_BODY = {
 
 @router.post(
     "/documents",
+    operation_id="uploadDocuments",
     tags=["documents"],
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=_UPLOAD_BODY,
-    responses={
-        400: {"model": Problem, "description": "No file part, or an unreadable upload"},
-        413: {"model": Problem, "description": "Larger than PAGERAG_MAX_UPLOAD_MB"},
-        415: {"model": Problem, "description": "No file is a PDF or an image"},
-        429: {"model": Problem, "description": "Too many ingestion jobs waiting"},
-        507: {"model": Problem, "description": "Too little free disk (PAGERAG_DISK_RESERVE_MB)"},
-    },
+    responses=errors(
+        400,
+        408,
+        413,
+        415,
+        429,
+        507,
+        s400="No file part, an unreadable upload, or a `passwords` field that is not a JSON "
+        "object of file names in this upload",
+        s413="Larger than PAGERAG_MAX_UPLOAD_MB, or a form field over 64 KiB",
+        s415="No file is a PDF or an image, or the body is not multipart/form-data",
+        s429="Too many ingestion jobs are waiting; try again after `Retry-After` seconds",
+    ),
 )
 async def upload_documents(
     form: UploadForm, request: Request, response: Response, jobs: JobsDep
 ) -> JobOut:
     """Upload PDFs or images (checked by content); they are ingested by a background job
-    whose progress and per-file errors `GET /jobs/{id}` reports."""
-    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-    if not files:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "no file in the upload (field `files`)")
-    folder = jobs.upload_folder()
+    whose progress and per-file errors `GET /jobs/{id}` reports. `password` or `passwords`
+    open encrypted PDFs (kept in memory for the job only, never stored)."""
     try:
-        named = [(display_name(f.filename), f.file) for f in files]
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST, "no file in the upload (field `files`)"
+            )
+        names = [display_name(f.filename) for f in files]
+        passwords = _passwords(form, names)
+        folder = jobs.upload_folder()
+        named = list(zip(names, (f.file for f in files), strict=True))
         reserve = jobs.service.settings.disk_reserve_mb
         staged, rejected = await run_in_threadpool(
             lambda: stage_files(named, folder, reserve_mb=reserve)
@@ -257,7 +359,7 @@ async def upload_documents(
         await form.close()
     if not staged:
         await run_in_threadpool(shutil.rmtree, folder, True)
-        reasons = "; ".join(f"{r['source']}: {r['error']}" for r in rejected)
+        reasons = "; ".join(f"{r.source}: {r.error}" for r in rejected)
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
             f"only PDFs, PNG and JPEG images are accepted ({reasons})",
@@ -265,28 +367,63 @@ async def upload_documents(
     # Jobs wait in one line per client (API key, else address), taken in turn.
     key = request.headers.get("authorization", "")
     client = hashlib.sha256(key.encode()).hexdigest()[:16] if key else str(request.client)
-    job = await run_in_threadpool(jobs.submit_upload, staged, rejected, folder, client)
+    job = await run_in_threadpool(
+        jobs.submit_upload, staged, rejected, folder, client, passwords or None
+    )
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
-    return JobOut.model_validate(jobs.get(job.id))
+    return job_out(job)
 
 
-@router.get("/jobs", tags=["documents"])
+def _passwords(form: FormData, names: list[str]) -> dict[str, str]:
+    """File name -> password from the form's `passwords` (a JSON object) and `password` (for
+    every file); 400 for a malformed `passwords` or one naming a file not in the upload."""
+    given = form.get("passwords")
+    per_file: dict[str, str] = {}
+    if isinstance(given, str) and given.strip():
+        try:
+            parsed = json.loads(given)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                "the `passwords` field must be a JSON object of file name to password, such "
+                'as {"q1.pdf": "secret"}',
+            )
+        per_file = {display_name(k): v for k, v in parsed.items()}
+        unknown = sorted(set(per_file) - set(names))
+        if unknown:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                f"`passwords` names {', '.join(map(repr, unknown))}, not a file of this upload "
+                f"({', '.join(map(repr, names))})",
+            )
+    shared = form.get("password")
+    for name in names:
+        if name not in per_file and isinstance(shared, str) and shared:
+            per_file[name] = shared
+    return per_file
+
+
+@router.get("/jobs", operation_id="listJobs", tags=["documents"])
 def list_jobs(jobs: JobsDep) -> JobsOut:
-    """Recent ingestion jobs, newest first (kept in memory until the server restarts)."""
-    return JobsOut(jobs=[JobOut.model_validate(j) for j in jobs.list()])
+    """Recent ingestion jobs, newest first (their records outlive a restart)."""
+    return JobsOut(jobs=[job_out(j) for j in jobs.list()])
 
 
 @router.get(
     "/jobs/{job_id}",
     name="get_job",
+    operation_id="getJob",
     tags=["documents"],
-    responses={404: {"model": Problem}, 422: {"model": Problem}},
+    responses=errors(404, 422),
 )
 def get_job(job_id: JobId, jobs: JobsDep) -> JobOut:
-    view = jobs.get(job_id)
-    if view is None:
+    """An ingestion job: its stage, progress counters and what happened to each file."""
+    job = jobs.get(job_id)
+    if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
-    return JobOut.model_validate(view)
+    return job_out(job)
 
 
 # -- pages --------------------------------------------------------------------------------
@@ -295,9 +432,10 @@ def get_job(job_id: JobId, jobs: JobsDep) -> JobOut:
 @router.get(
     "/documents/{doc_id}/pages/{page}/image",
     name="page_image",
+    operation_id="pageImage",
     tags=["pages"],
-    response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
+    response_class=PNGResponse,
+    responses={200: _PNG, **errors(404, 422, json_ref=True)},
 )
 def page_image(doc_id: DocId, page: Page, service: ServiceDep) -> FileResponse:
     """The stored page image (PNG, as rendered at ingestion)."""
@@ -311,9 +449,32 @@ def page_image(doc_id: DocId, page: Page, service: ServiceDep) -> FileResponse:
 @router.get(
     "/documents/{doc_id}/pages/{page}/heatmap",
     name="page_heatmap",
+    operation_id="pageHeatmap",
     tags=["pages"],
-    response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}, **_MODEL_ERRORS},
+    response_class=PNGResponse,
+    responses={
+        200: {
+            **_PNG,
+            "headers": {
+                "X-PageRAG-Score": {
+                    "description": "The page's MaxSim score for the query",
+                    "schema": {"type": "number"},
+                }
+            },
+        },
+        **errors(
+            400,
+            404,
+            409,
+            422,
+            429,
+            503,
+            504,
+            json_ref=True,
+            s400="An empty query",
+            s409="The page is stored without visual vectors yet (no retriever loaded)",
+        ),
+    },
 )
 async def page_heatmap_image(
     doc_id: DocId,
@@ -321,7 +482,7 @@ async def page_heatmap_image(
     service: ServiceDep,
     work: WorkDep,
     query: str = Query(min_length=1, max_length=4000),
-) -> Response:
+) -> PNGResponse:
     """The page with a similarity map of the query laid over it: bright regions matched it.
     The page's MaxSim score for the query (as visual search ranks it) is in the
     `X-PageRAG-Score` header."""
@@ -332,17 +493,13 @@ async def page_heatmap_image(
         heatmap = await run_in_threadpool(page_heatmap, service, query, doc_id, page)
     buffer = io.BytesIO()
     heatmap.image.save(buffer, format="PNG")
-    return Response(
-        buffer.getvalue(),
-        media_type="image/png",
-        headers={"X-PageRAG-Score": f"{heatmap.score:.6f}"},
-    )
+    return PNGResponse(buffer.getvalue(), headers={"X-PageRAG-Score": f"{heatmap.score:.6f}"})
 
 
 # -- status -------------------------------------------------------------------------------
 
 
-@router.get("/status", tags=["status"])
-def server_status(service: ServiceDep, work: WorkDep) -> dict[str, Any]:
+@router.get("/status", operation_id="status", tags=["status"], responses=errors(503))
+def server_status(service: ServiceDep, work: WorkDep) -> StatusOut:
     """Models, device, backend, documents, pages, disk use, and the model queue."""
-    return {**asdict(service.info()), "queue": work.stats()}
+    return status_out(service.info(), work.stats())

@@ -1,25 +1,87 @@
-"""Request and response bodies of the REST API (they make its OpenAPI schema at /docs)."""
+"""Request and response bodies of the REST API (they make its OpenAPI schema at /docs), and
+the conversions from the service's values to them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Request
 from pydantic import AfterValidator, BaseModel, Field
 
 from rag.config import SearchMode
-from rag.ids import DOC_ID_LENGTH, DOC_PREFIX_PATTERN, MIN_PREFIX, doc_prefix
+from rag.ids import DOC_ID_LENGTH, DOC_PREFIX_PATTERN, MIN_PREFIX, IdError, doc_prefix
 from rag.prompt import Turn
-from rag.types import Answer, Citation, DocumentInfo, Hit, SearchFilter
+from rag.types import Answer, Citation, DocumentInfo, Hit, SearchFilter, ServiceInfo
+
+if TYPE_CHECKING:
+    from rag.models.download import Download
+    from rag.server.jobs import JobInfo
+
+# Advice in the service's and the ingestion's messages is written for the command line; an
+# API client is told what it can do through the API instead. Applied wherever the API turns
+# such a message into a response: the UserError handler, job records, answers without pages.
+_API_ADVICE = [
+    ("`pagerag docs list` shows them", "GET /api/v1/documents lists them"),
+    (
+        "give it with `--password FILE=PASSWORD` or decrypt it (e.g. `qpdf --decrypt`) first",
+        "upload it again with its password (form field `password`, or `passwords`: a JSON "
+        'object such as {"NAME.pdf": "PASSWORD"}) or decrypt it first',
+    ),
+    (
+        "Ingest some PDFs first (`pagerag ingest PATH`).",
+        "Upload some PDFs first (POST /api/v1/documents).",
+    ),
+    (
+        "the next `pagerag ingest` run completes the document",
+        "uploading the file again completes the document",
+    ),
+    (
+        "the next `pagerag ingest` completes the documents",
+        "uploading the files again completes the documents",
+    ),
+    ("text search works now (`--mode text`)", 'text search works now ("mode": "text")'),
+    ("finding pages works now (`pagerag search`)", "finding pages works now (POST /api/v1/search)"),
+]
+
+
+def api_words(text: str) -> str:
+    """A message of the service or the ingestion, with its command-line advice replaced by
+    what to do through the API."""
+    for cli, api in _API_ADVICE:
+        text = text.replace(cli, api)
+    return text
 
 
 class Problem(BaseModel):
-    detail: str
+    """Every error response but a request validation 422 (see `ValidationProblem`)."""
+
+    detail: str = Field(description="What went wrong and what to change")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description='Where: e.g. `["body", "query"]`')
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422: `detail` is a list of issues when the body or a parameter does not fit its
+    schema (FastAPI's validation), a string when a typed id is malformed."""
+
+    detail: str | list[ValidationIssue]
+
+
+def _api_doc_prefix(text: str) -> str:
+    try:
+        return doc_prefix(text)
+    except IdError as exc:  # pydantic reports it in the 422's list: with the API's advice
+        raise ValueError(api_words(str(exc))) from exc
 
 
 # A typed document id: hex only (422 otherwise, with `rag.ids`'s message), lowercased.
 DocPrefix = Annotated[
-    str, AfterValidator(doc_prefix), Field(json_schema_extra={"pattern": DOC_PREFIX_PATTERN})
+    str, AfterValidator(_api_doc_prefix), Field(json_schema_extra={"pattern": DOC_PREFIX_PATTERN})
 ]
 
 
@@ -72,7 +134,9 @@ class TurnIn(BaseModel):
     answer: str = Field(max_length=20000)
 
 
-class AskIn(BaseModel):
+class QuestionIn(BaseModel):
+    """A question (POST /ask/stream; POST /ask takes `stream` too)."""
+
     question: str = Field(min_length=1, max_length=4000, examples=["What was the total in 2015?"])
     top_k: int | None = Field(None, ge=1, le=20, description="Pages shown to the model")
     filter: FilterIn | None = None
@@ -80,10 +144,17 @@ class AskIn(BaseModel):
         default_factory=list, max_length=20, description="Earlier turns, oldest first"
     )
     mode: SearchMode | None = _MODE
-    stream: bool = Field(False, description="Answer as server-sent events")
 
     def turns(self) -> list[Turn]:
         return [(t.question, t.answer) for t in self.history]
+
+
+class AskIn(QuestionIn):
+    stream: bool = Field(
+        False,
+        description="Answer as server-sent events, as POST /ask/stream does (which is the "
+        "operation to use for streaming: this one is documented as JSON only)",
+    )
 
 
 class CitationOut(BaseModel):
@@ -133,6 +204,20 @@ class FileResultOut(BaseModel):
     error: str | None
 
 
+class FileErrorOut(BaseModel):
+    """A file that was not ingested, and why."""
+
+    source: str
+    error: str
+
+
+class FileWarningOut(BaseModel):
+    """A file that was ingested with a caveat (e.g. pages past the limit)."""
+
+    source: str
+    warning: str
+
+
 class JobOut(BaseModel):
     id: str
     kind: Literal["upload", "folder"]
@@ -140,24 +225,108 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    files_total: int
+    stage: str = Field(
+        description="While running: `reading`, `loading the model`, `rendering`, `embedding`, "
+        "`storing` or `done`; empty before the job starts"
+    )
+    files_total: int = Field(description="Counters only grow while the job runs")
     files_done: int
-    pages_total: int
+    pages_total: int = Field(description="Pages to store; 0 while the files are being read")
     pages_done: int
-    current: str
-    indexed_documents: int
+    current: str = Field(description="The file being worked on")
+    indexed_documents: int = Field(description="Documents completed so far")
     indexed_pages: int
     skipped_documents: int
     files: list[FileResultOut]
-    errors: list[dict[str, str]] = Field(description="`{source, error}` for each failed file")
-    warnings: list[dict[str, str]] = Field(
-        description="`{source, warning}`: stored, with a caveat (e.g. pages past the limit)"
-    )
+    errors: list[FileErrorOut] = Field(description="Each file that failed")
+    warnings: list[FileWarningOut]
     message: str = Field(description="Why the whole job failed, if it did")
 
 
 class JobsOut(BaseModel):
     jobs: list[JobOut]
+
+
+class QueueOut(BaseModel):
+    """The shared line in front of the models (API and web UI)."""
+
+    running: int
+    waiting: int
+    max_waiting: int = Field(description="PAGERAG_QUEUE_SIZE")
+    timeout_seconds: float = Field(description="PAGERAG_REQUEST_TIMEOUT")
+    served: int
+    rejected: int = Field(description="Refused with 429")
+    timed_out: int = Field(description="Answered 504")
+    mean_seconds: float
+
+
+class StatusOut(BaseModel):
+    backend: str = Field(description="`qdrant-edge` (embedded) or `qdrant-server`")
+    data_dir: str
+    retriever_model: str
+    retriever_loaded: bool
+    generator_model: str
+    generator_loaded: bool
+    device: str
+    dtype: str
+    documents: int
+    pages: int = Field(description="Of complete documents: what search can find")
+    pending_documents: int = Field(description="Being ingested, or interrupted")
+    pending_pages: int
+    waiting_pages: int = Field(
+        description="Stored without visual vectors (no retriever yet): text search only"
+    )
+    failed_files: int
+    bytes_on_disk: int = Field(description="Index, page images and manifest")
+    index_bytes: int
+    images_bytes: int
+    retriever_error: str = Field(
+        description="Why the retriever last failed to load, naming the setting to change "
+        "(empty once it loads)"
+    )
+    generator_error: str = Field(
+        description="Why the generator last failed to load, naming the setting to change "
+        "(empty once it loads)"
+    )
+    queue: QueueOut
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class DownloadOut(BaseModel):
+    """A model being downloaded from the Hugging Face Hub (the first run)."""
+
+    model: str = Field(description="Hub id of the repository being fetched")
+    kind: str = Field(description="`ColQwen2` (the retriever) or `Qwen2-VL` (the generator)")
+    bytes_done: int
+    bytes_total: int = Field(description="Grows while the sizes of the files become known")
+    bytes_per_second: float = Field(description="Over the last seconds")
+    seconds_left: float | None = Field(description="At the current rate; null when unknown")
+    started_at: str = Field(description="ISO 8601, UTC")
+
+    @classmethod
+    def of(cls, d: Download) -> DownloadOut:
+        return cls(
+            model=d.model_id,
+            kind=d.kind,
+            bytes_done=d.done,
+            bytes_total=d.total,
+            bytes_per_second=round(d.rate, 1),
+            seconds_left=None if d.seconds_left is None else round(d.seconds_left),
+            started_at=datetime.fromtimestamp(d.started, UTC).isoformat(timespec="seconds"),
+        )
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "starting", "failed"]
+    detail: str | None = Field(
+        None, description="Why not ready (absent when ready); a failure names the setting"
+    )
+    downloads: list[DownloadOut] | None = Field(
+        None, description="Models being downloaded now (absent when none)"
+    )
 
 
 # -- conversions --------------------------------------------------------------------------
@@ -167,12 +336,12 @@ def to_filter(body: FilterIn | None, resolve: Any) -> SearchFilter | None:
     """`resolve` turns an id prefix into a full id (and raises for an unknown one)."""
     if body is None:
         return None
-    flt = SearchFilter(
+    filters = SearchFilter(
         doc_ids=tuple(resolve(d) for d in body.doc_ids),
         source_prefix=body.source_prefix or None,
         tags=tuple(body.tags),
     )
-    return None if flt.is_empty() else flt
+    return None if filters.is_empty() else filters
 
 
 def image_url(request: Request, doc_id: str, page: int) -> str:
@@ -207,7 +376,8 @@ def citation_out(request: Request, c: Citation) -> CitationOut:
 def answer_out(request: Request, a: Answer) -> AnswerOut:
     return AnswerOut(
         question=a.question,
-        text=a.text,
+        # Without pages the text is the service's own explanation, not the model's words.
+        text=a.text if a.citations else api_words(a.text),
         citations=[citation_out(request, c) for c in a.citations],
         retrieval_seconds=a.retrieval_seconds,
         generation_seconds=a.generation_seconds,
@@ -228,3 +398,41 @@ def document_out(request: Request, d: DocumentInfo) -> DocumentOut:
         bytes=d.bytes,
         thumbnail_url=image_url(request, d.doc_id, 1),
     )
+
+
+def job_out(job: JobInfo) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        stage=job.stage,
+        files_total=job.files_total,
+        files_done=job.files_done,
+        pages_total=job.pages_total,
+        pages_done=job.pages_done,
+        current=job.current,
+        indexed_documents=job.indexed_documents,
+        indexed_pages=job.indexed_pages,
+        skipped_documents=job.skipped_documents,
+        files=[
+            FileResultOut(
+                name=f.name,
+                status=f.status,
+                doc_id=f.doc_id,
+                error=None if f.error is None else api_words(f.error),
+            )
+            for f in job.files
+        ],
+        errors=[FileErrorOut(source=e.source, error=api_words(e.error)) for e in job.errors],
+        warnings=[
+            FileWarningOut(source=w.source, warning=api_words(w.warning)) for w in job.warnings
+        ],
+        message=api_words(job.message),
+    )
+
+
+def status_out(info: ServiceInfo, queue: dict[str, Any]) -> StatusOut:
+    return StatusOut(**vars(info), queue=QueueOut(**queue))

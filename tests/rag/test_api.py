@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from typer.testing import CliRunner
 
 from rag.server.app import create_app
 from rag.server.modelqueue import WorkQueue
+from rag.server.schemas import StatusOut, api_words, job_out
 from rag.service import PageRAG
+from rag.types import ServiceInfo
 from tests.pdfs import make_pdf
 from tests.serving import make_library
 
@@ -66,6 +69,16 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def doc_id(service: PageRAG, source: str) -> str:
     [doc] = [d for d in service.documents() if d.source == source]
     return doc.doc_id
+
+
+def finished(client: TestClient, job_id: str) -> dict[str, Any]:
+    """The job once it has ended, as GET /jobs/{id} shows it; the same as the job manager's
+    typed record of it, rendered as the API renders it."""
+    job = client.app.state.jobs.wait(job_id)  # type: ignore[attr-defined]
+    assert job is not None and not job.running, job
+    shown = client.get(f"{API}/jobs/{job_id}").json()
+    assert shown == job_out(job).model_dump(mode="json")
+    return shown
 
 
 def events(body: str) -> list[tuple[str, Any]]:
@@ -246,8 +259,7 @@ def test_upload_corpus_files_good_and_bad(
     job = response.json()
     assert response.headers["location"].endswith(f"/jobs/{job['id']}")
     assert job["kind"] == "upload" and job["state"] in ("queued", "running", "done")
-    job = client.app.state.jobs.wait(job["id"])  # type: ignore[attr-defined]
-    assert client.get(f"{API}/jobs/{job['id']}").json() == job
+    job = finished(client, job["id"])
     assert job["state"] == "done" and job["indexed_documents"] == 1
     status = {f["name"]: (f["status"], f["error"]) for f in job["files"]}
     assert status["nics-background-checks-2015-11.pdf"] == ("indexed", None)
@@ -265,7 +277,7 @@ def test_upload_corpus_files_good_and_bad(
     # Staged files are gone once the job has run.
     assert not any(service.settings.uploads_dir.rglob("*.upload"))
     # The same file again: already in the library.
-    again = client.app.state.jobs.wait(upload(client, files[:1]).json()["id"])  # type: ignore[attr-defined]
+    again = finished(client, upload(client, files[:1]).json()["id"])
     assert again["files"][0]["status"] == "unchanged" and again["skipped_documents"] == 1
     listed = client.get(f"{API}/jobs").json()["jobs"]
     assert [j["id"] for j in listed[:2]] == [again["id"], job["id"]]
@@ -274,7 +286,7 @@ def test_upload_corpus_files_good_and_bad(
 def test_upload_names_are_never_paths(client: TestClient, service: PageRAG, tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "x.pdf", ["escape attempt"]).read_bytes()
     job = upload(client, [("../../outside/evil.pdf", pdf)]).json()
-    job = client.app.state.jobs.wait(job["id"])  # type: ignore[attr-defined]
+    job = finished(client, job["id"])
     assert job["files"][0]["name"] == "evil.pdf" and job["files"][0]["status"] == "indexed"
     data = service.settings.data_dir
     assert not (data.parent / "outside").exists() and not list(data.rglob("evil.pdf"))
@@ -434,6 +446,200 @@ def test_status(client: TestClient) -> None:
     data = client.get(f"{API}/status").json()
     assert data["backend"] == "qdrant-edge" and data["pages"] >= 5
     assert data["retriever_loaded"] and data["queue"]["max_waiting"] == 16
+    # Typed: every field of the service's info, and the queue (a new field must be added to
+    # StatusOut, or the API would drop it).
+    assert set(StatusOut.model_fields) == {f.name for f in fields(ServiceInfo)} | {"queue"}
+    assert set(data) == set(StatusOut.model_fields)
+
+
+# -- the OpenAPI contract (issue 11, items 11 and 16) -----------------------------------------
+
+
+OPERATIONS = {
+    ("post", "/api/v1/search"): "search",
+    ("post", "/api/v1/ask"): "ask",
+    ("post", "/api/v1/ask/stream"): "askStream",
+    ("get", "/api/v1/documents"): "listDocuments",
+    ("post", "/api/v1/documents"): "uploadDocuments",
+    ("get", "/api/v1/documents/{doc_id}"): "getDocument",
+    ("delete", "/api/v1/documents/{doc_id}"): "deleteDocument",
+    ("get", "/api/v1/jobs"): "listJobs",
+    ("get", "/api/v1/jobs/{job_id}"): "getJob",
+    ("get", "/api/v1/documents/{doc_id}/pages/{page}/image"): "pageImage",
+    ("get", "/api/v1/documents/{doc_id}/pages/{page}/heatmap"): "pageHeatmap",
+    ("get", "/api/v1/status"): "status",
+    ("get", "/healthz"): "health",
+    ("get", "/readyz"): "ready",
+}
+
+
+def test_openapi_names_each_operation_and_declares_what_it_answers(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    ops = {(m, p): op for p, item in schema["paths"].items() for m, op in item.items()}
+    assert {key: op.get("operationId") for key, op in ops.items()} == OPERATIONS
+
+    def codes(method: str, path: str) -> set[str]:
+        return set(ops[(method, path)]["responses"])
+
+    model = {"400", "413", "422", "429", "503", "504"}
+    assert codes("post", f"{API}/search") == {"200"} | model
+    assert codes("post", f"{API}/ask") == codes("post", f"{API}/ask/stream") == {"200"} | model
+    assert codes("post", f"{API}/documents") == {"202", "400", "408", "413", "415", "429", "507"}
+    assert codes("get", f"{API}/documents/{{doc_id}}") == {"200", "404", "409", "422"}
+    assert codes("get", f"{API}/jobs/{{job_id}}") == {"200", "404", "422"}
+    heatmap = f"{API}/documents/{{doc_id}}/pages/{{page}}/heatmap"
+    assert codes("get", heatmap) >= {"200", "404", "409", "429", "503", "504"}
+    assert codes("get", "/readyz") == {"200", "503"}
+    assert "Retry-After" in ops[("post", f"{API}/search")]["responses"]["429"]["headers"]
+    # Every error is JSON with one of the two error schemas.
+    for op in ops.values():
+        for code, response in op["responses"].items():
+            if code.startswith(("4", "5")) and op["operationId"] != "ready":
+                [(media, content)] = response["content"].items()
+                name = "ValidationProblem" if code == "422" else "Problem"
+                assert (media, content["schema"]) == (
+                    "application/json",
+                    {"$ref": f"#/components/schemas/{name}"},
+                ), (op["operationId"], code)
+    # Binary responses are described as such; streaming is its own operation.
+    png = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+    for key in [k for k, v in OPERATIONS.items() if v in ("pageImage", "pageHeatmap")]:
+        assert ops[key]["responses"]["200"]["content"] == png
+    assert list(ops[("post", f"{API}/ask")]["responses"]["200"]["content"]) == ["application/json"]
+    stream = ops[("post", f"{API}/ask/stream")]["responses"]["200"]["content"]
+    assert list(stream) == ["text/event-stream"]
+    # Typed bodies: status, readiness, job errors and warnings, the job's stage.
+    components = schema["components"]["schemas"]
+
+    def ref(key: tuple[str, str]) -> str:
+        return str(ops[key]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"])
+
+    assert ref(("get", f"{API}/status")).endswith("/StatusOut")
+    assert ref(("get", "/readyz")).endswith("/ReadyOut")
+    job = components["JobOut"]["properties"]
+    assert job["errors"]["items"]["$ref"].endswith("/FileErrorOut")
+    assert job["warnings"]["items"]["$ref"].endswith("/FileWarningOut")
+    assert job["stage"]["type"] == "string"
+    issue = components["ValidationProblem"]["properties"]["detail"]["anyOf"]
+    assert {"type": "string"} in issue  # a malformed id; a list for a body that does not fit
+
+
+def test_a_422_detail_is_a_list_for_a_bad_body_and_a_string_for_a_bad_id(
+    client: TestClient,
+) -> None:
+    bad_body = client.post(f"{API}/search", json={"query": ""})
+    assert bad_body.status_code == 422
+    [issue] = bad_body.json()["detail"]
+    assert issue["loc"] == ["body", "query"] and issue["msg"] and issue["type"]
+    bad_id = client.get(f"{API}/jobs/nope")
+    assert bad_id.status_code == 422 and "is not a job id" in bad_id.json()["detail"]
+
+
+def test_messages_give_advice_an_api_client_can_follow(client: TestClient) -> None:
+    unknown = client.get(f"{API}/documents/ffff")
+    assert unknown.status_code == 404
+    assert "GET /api/v1/documents lists them" in unknown.json()["detail"]
+    short = client.get(f"{API}/documents/ab/pages/1/image")
+    assert short.status_code == 422 and "GET /api/v1/documents" in short.json()["detail"]
+    in_filter = client.post(f"{API}/search", json={"query": "x", "filter": {"doc_ids": ["zz"]}})
+    assert in_filter.status_code == 422
+    assert "GET /api/v1/documents" in in_filter.json()["detail"][0]["msg"]
+    not_found = client.post(f"{API}/search", json={"query": "x", "filter": {"doc_ids": ["ffff"]}})
+    assert not_found.status_code == 400 and "GET /api/v1/documents" in not_found.text
+    for response in (unknown, short, in_filter, not_found):
+        assert "pagerag " not in response.text
+
+
+def test_every_command_line_advice_the_api_rewords_is_still_worded_so() -> None:
+    # Messages not met above (a full disk, a vector store that keeps failing): the table's
+    # phrases must still be the ones the ingestion writes.
+    import ingest.runner
+    from ingest.diskspace import RESUME
+    from ingest.render import _pdfium_reason
+
+    for message in (RESUME, _pdfium_reason(RuntimeError("Incorrect password error"))):
+        assert "pagerag" not in api_words(message) and "--password" not in api_words(message)
+    runner = Path(ingest.runner.__file__).read_text()
+    assert "the next `pagerag ingest` run completes the document" in runner
+
+
+def encrypted_pdf(path: Path, text: str, user: str) -> bytes:
+    from reportlab.lib.pdfencrypt import StandardEncryption
+    from reportlab.pdfgen import canvas
+
+    pdf = canvas.Canvas(str(path), encrypt=StandardEncryption(user, ownerPassword="owner"))
+    pdf.drawString(72, 700, text)
+    pdf.showPage()
+    pdf.save()
+    return path.read_bytes()
+
+
+def test_uploads_open_encrypted_pdfs_with_the_passwords_sent(
+    make_serving_service: Callable[..., PageRAG], tmp_path: Path
+) -> None:
+    svc = make_serving_service("api-passwords")
+    locked = encrypted_pdf(tmp_path / "locked.pdf", "secret quarterly figures", "open sesame")
+    other = encrypted_pdf(tmp_path / "other.pdf", "other secret", "second")
+    try:
+        with TestClient(create_app(svc, ui=False, warm_up=False)) as c:
+            empty = c.post(f"{API}/ask", json={"question": "anything?"}).json()
+            assert "POST /api/v1/documents" in empty["text"] and "pagerag" not in empty["text"]
+            # No password: failed, with what to send.
+            job = finished(c, upload(c, [("locked.pdf", locked)]).json()["id"])
+            [error] = job["errors"]
+            assert "encrypted" in error["error"] and "form field `password`" in error["error"]
+            assert "--password" not in job["files"][0]["error"]
+            # A wrong one, then per-file passwords.
+            job = finished(
+                c, upload(c, [("locked.pdf", locked)], data={"password": "no"}).json()["id"]
+            )
+            assert "password given for this PDF is wrong" in job["files"][0]["error"]
+            both = {"locked.pdf": "open sesame", "other.pdf": "second"}
+            sent = upload(
+                c,
+                [("locked.pdf", locked), ("other.pdf", other)],
+                data={"passwords": json.dumps(both)},
+            )
+            assert sent.status_code == 202
+            seen = []  # the job as it runs: counters only grow, the stage is named
+            while (now := c.get(f"{API}/jobs/{sent.json()['id']}").json())["state"] in (
+                "queued",
+                "running",
+            ):
+                seen.append(now)
+                time.sleep(0.01)
+            seen.append(now)
+            for name in ("files_done", "pages_done", "indexed_documents", "files_total"):
+                counts = [j[name] for j in seen]
+                assert counts == sorted(counts), (name, counts)
+            stages = {j["stage"] for j in seen if j["state"] == "running"}
+            assert stages <= {
+                "reading",
+                "loading the model",
+                "rendering",
+                "embedding",
+                "storing",
+                "done",
+            }
+            job = finished(c, sent.json()["id"])
+            assert [f["status"] for f in job["files"]] == ["indexed", "indexed"], job
+            assert job["indexed_documents"] == 2 and job["stage"] == "done"
+            # `password` serves every file `passwords` leaves out.
+            again = upload(c, [("other.pdf", other)], data={"password": "second"})
+            assert finished(c, again.json()["id"])["files"][0]["status"] == "unchanged"
+            # Malformed or naming a file not sent: 400, nothing staged.
+            bad = upload(c, [("locked.pdf", locked)], data={"passwords": "[1, 2]"})
+            assert bad.status_code == 400 and "JSON object" in bad.json()["detail"]
+            stray = upload(c, [("locked.pdf", locked)], data={"passwords": '{"nope.pdf": "x"}'})
+            assert stray.status_code == 400 and "'nope.pdf'" in stray.json()["detail"]
+            assert not any(svc.settings.uploads_dir.rglob("*.upload"))
+            # Passwords are never stored with the job records.
+            jobs = c.app.state.jobs  # type: ignore[attr-defined]
+            with jobs.store._lock:
+                records = [r for (r,) in jobs.store._db.execute("SELECT record FROM jobs")]
+            assert records and not any("open sesame" in r or "second" in r for r in records)
+    finally:
+        svc.close()
 
 
 # -- `pagerag serve` ------------------------------------------------------------------------------
@@ -455,6 +661,7 @@ def test_serve_command_builds_the_app_and_ingests_docs_in_the_background(
             assert c.get("/healthz").status_code == 200
             [job] = c.get(f"{API}/jobs").json()["jobs"]
             seen["job"] = server_app.state.jobs.wait(job["id"])
+            seen["shown"] = c.get(f"{API}/jobs/{job['id']}").json()
 
     monkeypatch.setattr(serving, "serve", fake_run)
     monkeypatch.setenv("PAGERAG_DATA_DIR", str(tmp_path / "data"))
@@ -466,6 +673,7 @@ def test_serve_command_builds_the_app_and_ingests_docs_in_the_background(
     result = CliRunner().invoke(app, ["serve", "--port", "7999", "--docs", str(folder)])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7999
-    assert seen["job"]["kind"] == "folder" and seen["job"]["indexed_documents"] == 1
+    assert seen["job"].kind == "folder" and seen["job"].indexed_documents == 1
+    assert seen["shown"]["kind"] == "folder" and seen["shown"]["indexed_documents"] == 1
     missing = CliRunner().invoke(app, ["serve", "--docs", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no such file" in missing.output

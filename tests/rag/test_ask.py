@@ -121,7 +121,7 @@ def test_an_answer_without_labels_still_lists_its_pages(service: PageRAG) -> Non
 def test_a_filter_is_applied_to_the_pages_shown(service: PageRAG) -> None:
     service.generator = ScriptedGenerator("ok")
     [doc] = [d for d in service.documents() if d.source == "other.pdf"]
-    answer = service.ask("Budget?", k=5, flt=SearchFilter(doc_ids=(doc.doc_id,)))
+    answer = service.ask("Budget?", k=5, filters=SearchFilter(doc_ids=(doc.doc_id,)))
     assert {c.source for c in answer.citations} == {"other.pdf"} and len(answer.citations) == 2
 
 
@@ -170,7 +170,7 @@ def test_a_filter_that_leaves_no_page_answers_without_the_generator(
     service: PageRAG, tmp_path: Path
 ) -> None:
     service.generator = None  # load it on the next question: its model path does not exist
-    answer = service.ask("q", flt=SearchFilter(tags=("no-such-tag",)))
+    answer = service.ask("q", filters=SearchFilter(tags=("no-such-tag",)))
     assert "No indexed page matches the filter" in answer.text and answer.citations == []
     assert service._generator is None
     with pytest.raises(ModelLoadError, match="PAGERAG_GENERATOR_MODEL"):

@@ -22,6 +22,7 @@ import pytest
 
 from rag.server.jobs import Job, JobManager
 from rag.service import PageRAG
+from rag.types import FileError, FileWarning
 from tests.pdfs import make_pdf
 from tests.serving import serving_service
 from tests.slowpdf import slow_pages_pdf
@@ -203,9 +204,60 @@ def test_job_records_survive_a_new_manager_and_staged_files_of_ended_jobs_go(
     jobs.close()
     again = JobManager(service)
     view = again.wait(job.id, timeout=120)
-    assert view is not None and view["state"] == "done", view
+    assert view is not None and view.state == "done", view
     assert not folder.exists()
     assert [d.source for d in service.documents()] == ["paper.pdf"]
+    again.close()
+    service.close()
+
+
+def test_job_records_of_an_earlier_version_still_load_as_typed_values(
+    make_serving_service: Callable[..., PageRAG],
+) -> None:
+    # As the version before typed job errors wrote it: errors and warnings as dicts, no stage.
+    old = {
+        "id": "cd" * 16,
+        "kind": "upload",
+        "state": "done",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "started_at": "2026-01-01T00:00:01+00:00",
+        "finished_at": "2026-01-01T00:00:02+00:00",
+        "files_total": 2,
+        "files_done": 2,
+        "pages_total": 1,
+        "pages_done": 1,
+        "current": "a.pdf",
+        "indexed_documents": 1,
+        "indexed_pages": 1,
+        "skipped_documents": 0,
+        "files": [
+            {"name": "a.pdf", "status": "indexed", "doc_id": "ab" * 32, "error": None},
+            {"name": "b.pdf", "status": "failed", "doc_id": None, "error": "the file is empty"},
+        ],
+        "errors": [{"source": "b.pdf", "error": "the file is empty"}],
+        "warnings": [{"source": "a.pdf", "warning": "1 of 2 pages"}],
+        "message": "",
+        "paths": [],
+        "sources": [],
+        "folder": None,
+        "client": "",
+        "retired_field": 1,  # a field this version does not know
+    }
+    service = make_serving_service("old-job-records")
+    jobs = JobManager(service)
+    jobs.store.save(old)
+    with jobs.store._lock:
+        jobs.store._db.execute("UPDATE jobs SET owner = 'dead' WHERE id = ?", (old["id"],))
+    jobs.close()
+    again = JobManager(service)
+    job = again.get(old["id"])
+    assert job is not None and job.state == "done" and job.stage == ""
+    assert job.errors == [FileError("b.pdf", "the file is empty")]
+    assert job.warnings == [FileWarning("a.pdf", "1 of 2 pages")]
+    assert [f.status for f in job.files] == ["indexed", "failed"]
+    # Stored again, the record keeps the JSON shape it had.
+    record = Job.from_record({**old, "state": "done"}).record()
+    assert record["errors"] == old["errors"] and record["warnings"] == old["warnings"]
     again.close()
     service.close()
 

@@ -16,12 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from rag.cli import EXIT_CONFIG
 from rag.cli import app as cli_app
-from rag.config import Settings
+from rag.config import InvalidSettingsError, Settings
 from rag.server import run as serving
 from rag.server.app import create_app
 from rag.service import PageRAG
@@ -72,7 +71,7 @@ def test_the_key_is_checked_before_the_body(keyed: tuple[PageRAG, str]) -> None:
 
 @pytest.mark.parametrize("value", [",", " ", " , ,", "\t"])
 def test_keys_that_hold_no_key_refuse_to_start(value: str, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="PAGERAG_API_KEYS is set but holds no key"):
+    with pytest.raises(InvalidSettingsError, match="PAGERAG_API_KEYS is set but holds no key"):
         Settings(_env_file=None, data_dir=tmp_path, api_keys=value)
     env = {"PAGERAG_DATA_DIR": str(tmp_path), "PAGERAG_API_KEYS": value}
     result = CliRunner().invoke(cli_app, ["serve", "--port", "1"], env=env)

@@ -71,7 +71,7 @@ def test_tags_filter_and_unknown_document(service: PageRAG, tmp_path: Path) -> N
     make_pdf(tmp_path / "y" / "two.pdf", ["two", "two b"])
     service.ingest([tmp_path / "x"], tags=["finance"])
     service.ingest([tmp_path / "y"], tags=["legal"])
-    hits = service.search("two", k=10, flt=SearchFilter(tags=("legal",)))
+    hits = service.search("two", k=10, filters=SearchFilter(tags=("legal",)))
     assert {h.source for h in hits} == {"two.pdf"} and len(hits) == 2
     assert {d.tags for d in service.documents()} == {("finance",), ("legal",)}
     with pytest.raises(PageRAGError, match="no document"):

@@ -11,9 +11,10 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from rag.server.jobs import JobManager
+from rag.server.jobs import JobInfo, JobManager
 from rag.server.modelqueue import WorkQueue
 from rag.service import PageRAG
+from rag.types import SearchFilter
 from tests.pdfs import make_pdf
 from tests.serving import make_library
 from ui import actions
@@ -65,15 +66,37 @@ def test_ask_streams_the_answer_then_shows_pages_and_chips(service: PageRAG) -> 
     assert [p["label"] for p in view.pages] == [1, 2] and view.question == "Total 2015?"
 
 
+def test_pages_show_when_retrieval_ends_before_the_text(service: PageRAG) -> None:
+    seen = [
+        (view.chat[-1]["content"], len(view.gallery), view.note)
+        for view in actions.ask(service, "Total 2015?", [], [], 2, [], False, work=WORK)
+    ]
+    assert seen[0] == ("", 0, "Finding the pages…")
+    pages = next(i for i, (_, shown, _) in enumerate(seen) if shown)
+    text = next(i for i, (words, _, _) in enumerate(seen) if words)
+    assert pages < text and seen[pages] == ("", 2, "Reading the 2 pages…")
+
+
+def test_closing_the_answer_stops_it_and_frees_the_model(service: PageRAG) -> None:
+    steps = actions.ask(service, "Total 2015?", [], [], 2, [], False, work=WORK)
+    for view in steps:
+        if view.chat[-1]["content"]:  # the first words: Stop is pressed here
+            break
+    steps.close()
+    assert WORK.stats()["running"] == 0
+    assert service._model_lock.acquire(timeout=5)  # the generation let the model go
+    service._model_lock.release()
+
+
 def test_follow_up_questions_send_the_history(
     service: PageRAG, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[Any] = []
     original = service.ask_stream
 
-    def spy(question: str, k: Any, flt: Any, history: Any, **kwargs: Any) -> Any:
+    def spy(question: str, k: Any, filters: Any, history: Any, **kwargs: Any) -> Any:
         seen.append(list(history))
-        return original(question, k, flt, history, **kwargs)
+        return original(question, k, filters, history, **kwargs)
 
     monkeypatch.setattr(service, "ask_stream", spy)
     first = list(actions.ask(service, "Revenue?", [], [], 1, [], False, work=WORK))[-1]
@@ -121,10 +144,13 @@ def test_upload_reports_progress_and_plain_errors_then_delete(
     empty = drop / "b" / "empty.pdf"
     empty.parent.mkdir(parents=True)
     empty.write_bytes((corpus / "empty.pdf").read_bytes())
-    updates: list[dict[str, Any]] = []
+    updates: list[JobInfo] = []
     job = actions.upload(jobs, [good, empty], updates.append, poll=0.01)
-    assert job["state"] == "done" and updates[-1] == job
-    assert any(u["pages_total"] == 3 for u in updates)
+    assert job.state == "done" and updates[-1] == job
+    assert any(u.pages_total == 3 for u in updates)
+    # Every update while it ran has a stage label, from the first one on.
+    labels = [actions.stage_label(u) for u in updates if u.running]
+    assert labels and all(labels)
     report = actions.job_report(job)
     assert "Added 1 document (3 pages)" in report
     assert "**empty.pdf**: the file is empty" in report and "1 file could not be read" in report
@@ -135,14 +161,84 @@ def test_upload_reports_progress_and_plain_errors_then_delete(
     assert "2 files of the start-up folder" in problems and "**empty.pdf**" in problems
     view = actions.library(service)
     row = next(r for r in view.rows if r[0] == "board minutes.pdf")
-    assert row[1] == 3
+    assert row[1] == 3 and len(row[4]) == actions.SHORT_ID
     assert any(c.startswith("board minutes.pdf") for _, c in view.thumbnails)
     doc_id = next(v for label, v in view.choices if label.startswith("board minutes.pdf"))
+    prompt = actions.delete_prompt(service, doc_id)
+    assert "Delete board minutes.pdf?" in prompt and "3 pages" in prompt
+    assert doc_id[:12] in prompt
+    assert "board minutes.pdf" in {r[0] for r in actions.library(service).rows}  # not yet
     assert "Deleted **board minutes.pdf** (3 pages)" in actions.delete(service, doc_id)
     assert all(r[0] != "board minutes.pdf" for r in actions.library(service).rows)
-    assert "no document" in actions.delete(service, doc_id)
+    gone = actions.delete(service, doc_id)
+    assert "no document" in gone and "the Library tab lists them" in gone
+    assert "pagerag" not in gone
     assert "Choose a document" in actions.delete(service, None)
     jobs.close()
+
+
+def test_progress_text_names_the_stage_and_counts() -> None:
+    job = JobInfo(id="j", kind="upload", state="running", stage="loading the model")
+    assert actions.progress_text(job).startswith("**Adding: Loading the page model")
+    job = JobInfo(
+        id="j",
+        kind="upload",
+        state="running",
+        stage="embedding",
+        files_total=2,
+        pages_total=10,
+        pages_done=5,
+        current="a.pdf",
+    )
+    text = actions.progress_text(job)
+    assert "Embedding pages" in text and "5/10 pages" in text and "0/2 files" in text
+    assert "a.pdf" in text
+    assert actions.stage_label(JobInfo(id="j", kind="upload")) == (
+        "Waiting for the ingestion ahead of it"
+    )
+
+
+def test_an_encrypted_pdf_is_opened_with_the_password_given(
+    service: PageRAG, tmp_path: Path
+) -> None:
+    from reportlab.lib.pdfencrypt import StandardEncryption
+    from reportlab.pdfgen import canvas
+
+    path = tmp_path / "drop" / "locked.pdf"
+    path.parent.mkdir(parents=True)
+    pdf = canvas.Canvas(str(path), encrypt=StandardEncryption("s3cret", ownerPassword="o"))
+    pdf.drawString(72, 700, "secret quarterly figures")
+    pdf.showPage()
+    pdf.save()
+    jobs = JobManager(service)
+    try:
+        refused = actions.upload(jobs, [path], poll=0.01)
+        report = actions.job_report(refused)
+        assert "encrypted" in report and "Password field" in report
+        assert "--password" not in report
+        opened = actions.upload(jobs, [path], poll=0.01, password="s3cret")
+        assert "Added 1 document (1 page)" in actions.job_report(opened)
+    finally:
+        jobs.close()
+    data = service.settings.manifest_path.parent
+    stored = b"".join(f.read_bytes() for f in data.glob(service.settings.manifest_path.name + "*"))
+    assert b"s3cret" not in stored  # the job records never keep a password
+    [doc] = [d for d in service.documents() if d.source == "locked.pdf"]
+    service.delete(doc.doc_id)
+
+
+def test_cli_advice_is_replaced_by_what_to_do_in_the_ui(service: PageRAG) -> None:
+    from ingest.render import _pdfium_reason
+
+    encrypted = actions.ui_words(_pdfium_reason(Exception("Incorrect password error")))
+    assert "`" not in encrypted and "Password field" in encrypted
+    try:
+        service.resolve("0000")
+    except Exception as exc:
+        message = actions.problem(exc)
+    assert message is not None and "pagerag" not in message and "Library tab" in message
+    nothing = service.ask("q", filters=SearchFilter(doc_ids=("0" * 64,)))  # the filter's advice
+    assert "pagerag" not in actions.ui_words(nothing.text)
 
 
 def test_status_lists_models_index_and_queue(service: PageRAG) -> None:

@@ -128,9 +128,22 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         # Uploaded: the list shows the last file (its stem; the extension is a separate element).
         page.wait_for_function("document.querySelector('#upload').innerText.includes('notes')")
         page.locator("#add-button").click()
-        page.wait_for_function(
-            "document.querySelector('#upload-report').innerText.includes('could not be read')"
-        )
+        # One progress line with a stage from the start; the library stays in view meanwhile
+        # (no busy overlay on it).
+        progress: list[str] = []
+        covered = 0
+        end = time.monotonic() + TIMEOUT_MS / 1000
+        while "could not be read" not in page.inner_text("#upload-report"):
+            assert time.monotonic() < end, "the upload did not end"
+            progress.append(page.inner_text("#upload-status"))
+            covered += page.locator(
+                "#documents [data-testid='status-tracker']:not(.hide), "
+                "#thumbs [data-testid='status-tracker']:not(.hide)"
+            ).count()
+            assert page.locator("#documents").is_visible()
+            time.sleep(0.05)
+        assert [t for t in progress if t.startswith("Adding: ")], progress
+        assert covered == 0
         report = page.inner_text("#upload-report")
         assert f"Added {len(files)} documents" in report
         assert "notes.pdf: the file is plain text" in report
@@ -147,15 +160,18 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         page.locator("#question textarea").press("Enter")
         bot = page.locator("#chat [data-testid='bot']")
         seen: list[str] = []
+        early = False  # the pages showed while the answer was still being written
         end = time.monotonic() + TIMEOUT_MS / 1000
         while "retrieval" not in page.inner_text("#ask-note"):
             assert time.monotonic() < end, "no answer"
             if bot.count():
                 seen.append(bot.last.inner_text())
+                early |= page.locator("#pages img").count() == 2
             time.sleep(0.03)
         final = bot.last.inner_text()
         partial = [t for t in dict.fromkeys(seen) if t and t != final]
         assert partial, "the answer appeared at once instead of streaming"
+        assert early, "the pages appeared only after the answer"
         page.wait_for_function("document.querySelectorAll('#pages img').length == 2")
         captions = page.locator("#pages .caption-label").all_inner_texts()
         assert len(captions) == 2 and all("score" in c for c in captions)
@@ -176,6 +192,43 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         # A source chip opens its page in the gallery.
         chips.nth(1).click()
         page.wait_for_selector("#pages .preview")
+
+        # Stop ends an answer being written; the partial text stays, marked.
+        page.locator("#show-map input").uncheck()
+        page.locator("#question textarea").fill("And the revenue?")
+        page.locator("#ask-button").click()
+        page.wait_for_function(
+            "document.querySelectorAll('#chat [data-testid=\"bot\"]').length == 2 && "
+            "document.querySelectorAll('#chat [data-testid=\"bot\"]')[1].innerText.length > 0"
+        )
+        page.locator("#stop-button").click()
+        page.wait_for_function("document.querySelector('#ask-note').innerText.includes('Stopped')")
+        stopped = bot.last.inner_text()
+        page.wait_for_timeout(1000)  # a chunk every 0.15 s: the answer would have grown
+        assert bot.last.inner_text() == stopped
+        assert page.locator("#stop-button").is_disabled()
+        assert service._model_lock.acquire(timeout=10)  # the generation let the model go
+        service._model_lock.release()
+
+        # Delete asks first, naming the document and its pages; Cancel keeps it.
+        page.get_by_role("tab", name="Library").click()
+        page.locator("#to-delete input").click()
+        page.locator("#to-delete [role=option]", has_text="quarterly-report.pdf").click()
+        page.get_by_role("button", name="Delete…").click()
+        page.wait_for_selector("#delete-confirm-text", state="visible")
+        prompt = page.inner_text("#delete-confirm-text")
+        assert "Delete quarterly-report.pdf?" in prompt and "2 pages" in prompt
+        page.locator("#delete-no").click()
+        page.wait_for_selector("#delete-confirm", state="hidden")
+        assert "quarterly-report.pdf" in page.inner_text("#documents")
+        page.get_by_role("button", name="Delete…").click()
+        page.locator("#delete-yes").click()
+        page.wait_for_function(
+            "document.querySelector('#upload-report').innerText.includes('Deleted')"
+        )
+        page.wait_for_function(
+            "!document.querySelector('#documents').innerText.includes('quarterly-report.pdf')"
+        )
         page.close()
 
 
@@ -232,3 +285,87 @@ def test_answers_render_as_plain_text_and_load_nothing(
         service.generator = original
         listener.shutdown()
     assert not [u for u in requested if u.startswith(evil)] and hits == []
+
+
+# Words cut across lines (a letter per line, an id broken every two characters), text cut
+# off by its box, and the page wider than the phone, measured on the rendered page.
+LAYOUT_PROBLEMS = """(selectors) => {
+  const problems = [];
+  const rects = (node, start, end) => {
+    const range = document.createRange();
+    range.setStart(node, start);
+    range.setEnd(node, end);
+    return [...range.getClientRects()];
+  };
+  for (const selector of selectors) {
+    for (const root of document.querySelectorAll(selector)) {
+      const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        if (!node.parentElement.offsetParent) continue;  // hidden
+        for (const m of node.textContent.matchAll(/[A-Za-z0-9]{2,}/g)) {  // a word, an id
+          const parts = rects(node, m.index, m.index + m[0].length);
+          const lines = new Set(parts.map(r => Math.round(r.top))).size;
+          // Broken although it would fit on one line of its cell: a wrong break.
+          const width = parts.reduce((sum, r) => sum + r.width, 0);
+          const box = node.parentElement.closest('td, th, .caption-label, p, li')
+            || node.parentElement;
+          if (lines > 1 && width <= box.clientWidth)
+            problems.push(`${selector}: "${m[0]}" on ${lines} lines`);
+        }
+      }
+    }
+    for (const th of document.querySelectorAll(`${selector} th`)) {  // header text fits
+      const text = th.querySelector('span') || th;
+      if (!th.offsetParent || !text.firstChild) continue;
+      const node = text.firstChild;
+      const width = Math.max(0, ...rects(node, 0, node.length).map(r => r.width));
+      if (width > th.clientWidth)
+        problems.push(`${selector}: header "${th.innerText}" ${width} px in ${th.clientWidth}`);
+    }
+    for (const el of document.querySelectorAll(`${selector} .caption-label`)) {
+      if (el.offsetParent && el.scrollWidth > el.clientWidth + 1)
+        problems.push(`${selector}: caption "${el.innerText}" cut`);
+    }
+  }
+  const page = document.documentElement.scrollWidth;
+  if (page > window.innerWidth + 1) problems.push(`the page is ${page} px wide`);
+  return problems;
+}"""
+
+
+def test_the_three_tabs_fit_a_phone(browser: Any, service: PageRAG, tmp_path: Path) -> None:
+    long_name = "annual-report-of-the-regional-board-2015-final-version.pdf"
+    service.ingest([make_pdf(tmp_path / "in" / long_name, ["Revenue 2015", "Costs 2015"])])
+    with running_server(create_app(service)) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_selector("#chat")
+        page.locator("#question textarea").fill("What were the costs in 2015?")
+        page.locator("#question textarea").press("Enter")
+        page.wait_for_function(
+            "document.querySelector('#ask-note').innerText.includes('retrieval')"
+        )
+        settle(page, "#pages")
+        for selector in ("#ask-button", "#stop-button", "#question"):
+            box = page.locator(selector).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+        ask = page.evaluate(LAYOUT_PROBLEMS, ["#pages", "#ask-note", "#citations"])
+        page.screenshot(path=str(tmp_path / "ui-phone-ask.png"), full_page=True)
+
+        page.get_by_role("tab", name="Library").click()
+        page.wait_for_function(
+            f"document.querySelector('#documents').innerText.includes('{long_name[:20]}')"
+        )
+        settle(page, "#thumbs")
+        library = page.evaluate(
+            LAYOUT_PROBLEMS, ["#documents", "#thumbs", "#library-summary", "#upload"]
+        )
+        page.screenshot(path=str(tmp_path / "ui-phone-library.png"), full_page=True)
+
+        page.get_by_role("tab", name="Status").click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Retriever')")
+        status = page.evaluate(LAYOUT_PROBLEMS, ["#status"])
+        page.screenshot(path=str(tmp_path / "ui-phone-status.png"), full_page=True)
+        page.close()
+    assert (ask, library, status) == ([], [], [])

@@ -87,7 +87,7 @@ def test_a_chat_history_cannot_name_a_server_file(
     secret = Path("/etc/passwd").read_text()[:20]
     with httpx.Client(base_url=server) as client:
         for path in targets(service, corpus):
-            status, text = call(client, "on_ask", chat_with_file(path))
+            status, text = call(client, "ask", chat_with_file(path))
             assert status == 403, (path, status, text)
             assert "not uploaded through this page" in json.loads(text)["detail"]
             assert "/gradio_api/file=" not in text and secret not in text
@@ -106,7 +106,7 @@ def test_an_upload_event_naming_server_files_is_refused_at_once(
         for path in targets(service, corpus):
             files = [{"path": path, "meta": FILE_DATA, "orig_name": "x.pdf"}]
             started = time.monotonic()
-            status, text = call(client, "on_add", [files, []])
+            status, text = call(client, "upload", [files, ""])
             # /dev/zero used to be hashed on the event loop for ever: now it is never opened.
             assert status == 403 and time.monotonic() - started < 5, (path, status, text)
             assert client.get("/healthz", timeout=2).status_code == 200
@@ -123,7 +123,7 @@ def test_a_clients_own_upload_is_ingested(server: str, service: PageRAG, tmp_pat
         assert uploaded.status_code == 200, uploaded.text
         [path] = uploaded.json()
         files = [{"path": path, "meta": FILE_DATA, "orig_name": "own upload.pdf"}]
-        status, text = call(client, "on_add", [files, []])
+        status, text = call(client, "upload", [files, ""])
     assert status == 200 and "Added 1 document (1 page)" in text, text
     assert "own upload.pdf" in {d.source for d in service.documents()}
 
@@ -136,9 +136,9 @@ def test_gradio_client_still_uploads_and_asks(
 
     pdf = make_pdf(tmp_path / "via client.pdf", ["Client page one", "Client page two"])
     client = Client(server, verbose=False, download_files=False)
-    report, *_ = client.predict([handle_file(str(pdf))], [], api_name="/on_add")
+    *_, report = client.predict([handle_file(str(pdf))], "", api_name="/upload")
     assert "Added 1 document (2 pages)" in report
-    chat, *_ = client.predict("Client page?", 1, [], False, "text", api_name="/on_ask")
+    chat, *_ = client.predict("Client page?", 1, [], False, "text", api_name="/ask")
     assert chat[-1]["role"] == "assistant" and chat[-1]["content"]
 
 
@@ -165,9 +165,9 @@ def test_another_users_upload_cannot_be_named(keyed_server: str, tmp_path: Path)
     try:
         [path] = alice.post("/gradio_api/upload", files={"files": pdf.open("rb")}).json()
         files = [{"path": path, "meta": FILE_DATA, "orig_name": "alice.pdf"}]
-        status, text = call(bob, "on_add", [files, []])
+        status, text = call(bob, "upload", [files, ""])
         assert status == 403, text
-        status, text = call(alice, "on_add", [files, []])
+        status, text = call(alice, "upload", [files, ""])
         assert status == 200 and "Added 1 document" in text, text
     finally:
         alice.close()

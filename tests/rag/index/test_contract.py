@@ -226,10 +226,10 @@ def test_search_exact_when_filter_leaves_few_pages(opener: Opener, corpus: Corpu
     # 30 pages > prefetch_limit=12, but the filter leaves 10: the result must still be exact.
     index = opener(prefetch_limit=12)
     index.upsert(corpus.records, corpus.embeddings)
-    flt = SearchFilter(doc_ids=("d" * 64,))
+    filters = SearchFilter(doc_ids=("d" * 64,))
     q = corpus.queries[1]
     expected = oracle(corpus, q, lambda r: r.doc_id == "d" * 64)
-    assert_matches(index.search(q, 10, flt), expected)
+    assert_matches(index.search(q, 10, filters), expected)
 
 
 def test_two_stage_search_finds_the_target_page(opener: Opener) -> None:
@@ -285,12 +285,12 @@ FILTERS = {
 
 @pytest.mark.parametrize("name", list(FILTERS))
 def test_filters(index: PageIndex, corpus: Corpus, name: str) -> None:
-    flt, docs = FILTERS[name]
-    assert index.count(flt) == sum(DOCS[d][3] for d in docs)
+    filters, docs = FILTERS[name]
+    assert index.count(filters) == sum(DOCS[d][3] for d in docs)
     q = corpus.queries[2]
     expected = oracle(corpus, q, lambda r: r.doc_id in docs)[:8]
-    assert_matches(index.search(q, 8, flt), expected)
-    assert_matches(index.search_exact(q, 8, flt), expected)
+    assert_matches(index.search(q, 8, filters), expected)
+    assert_matches(index.search_exact(q, 8, filters), expected)
 
 
 def test_delete_document(index: PageIndex, corpus: Corpus) -> None:
@@ -445,10 +445,10 @@ def test_text_search_skips_pages_without_text(text_index: PageIndex) -> None:
 
 def test_filters_apply_to_the_text_channel(text_index: PageIndex) -> None:
     # One index for every filter (not parametrized): building one takes most of a test's time.
-    for name, (flt, docs) in FILTERS.items():
-        hits = text_index.search_text("quarterly revenue expenditure", N_PAGES, flt)
+    for name, (filters, docs) in FILTERS.items():
+        hits = text_index.search_text("quarterly revenue expenditure", N_PAGES, filters)
         assert {h.doc_id for h in hits} == docs, name
-        hybrid = text_index.search_hybrid(np.ones((2, DIM), np.float32), RARE, N_PAGES, flt)
+        hybrid = text_index.search_hybrid(np.ones((2, DIM), np.float32), RARE, N_PAGES, filters)
         assert {h.doc_id for h in hybrid} == docs, name
         assert ((F, 3) in {(h.doc_id, h.page) for h in hybrid}) == (F in docs), name
 

@@ -67,8 +67,8 @@ def test_filter_conditions() -> None:
     assert filter_conditions(None) == []
     assert filter_conditions(SearchFilter()) == []
     assert filter_conditions(SearchFilter(source_prefix="./")) == []
-    flt = SearchFilter(doc_ids=("d1", "d2"), source_prefix="./reports/2015/", tags=("t",))
-    assert filter_conditions(flt) == [
+    filters = SearchFilter(doc_ids=("d1", "d2"), source_prefix="./reports/2015/", tags=("t",))
+    assert filter_conditions(filters) == [
         ("doc_id", ["d1", "d2"]),
         ("paths", ["reports/2015"]),
         ("tags", ["t"]),
