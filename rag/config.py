@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     visual_token_budget: int = Field(default=3072, ge=64)
     max_new_tokens: int = Field(default=512, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy decoding
+    # Or answers from an OpenAI-compatible chat server (vLLM, Ollama, llama.cpp, LM Studio, a
+    # hosted API): its base URL (e.g. http://gpu-box:8000/v1); PAGERAG_GENERATOR_MODEL then
+    # names the model it serves. Nothing is loaded locally to answer.
+    answer_url: str | None = None
+    answer_api_key: SecretStr | None = None
+    answer_timeout: float = Field(default=120.0, gt=0)  # seconds without a byte from the server
 
     # Serving (`pagerag serve`: web UI and REST API).
     # Comma-separated; when set, every API call needs `Authorization: Bearer KEY` and the UI
@@ -147,6 +153,18 @@ class Settings(BaseSettings):
                 "it to run without authentication"
             )
         return v
+
+    @field_validator("answer_url", mode="after")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if not v or not v.strip():
+            return None  # empty means unset: answers come from the local model
+        if not v.strip().lower().startswith(("http://", "https://")):
+            raise ValueError(
+                f"PAGERAG_ANSWER_URL={v!r} is not an http(s) URL; give the server's OpenAI "
+                "base URL, e.g. http://localhost:8000/v1"
+            )
+        return v.strip()
 
     @model_validator(mode="after")
     def _pixel_range(self) -> Settings:

@@ -164,9 +164,9 @@ class PageRAG:
 
                     model: Any = Retriever.load(self.settings)
                 else:
-                    from rag.models.generator import Generator
+                    from rag.models import load_answerer
 
-                    model = Generator.load(self.settings)
+                    model = load_answerer(self.settings)
             except Exception as exc:
                 self._load_errors[which] = _load_reason(exc, which, self.settings)
                 raise
@@ -187,8 +187,7 @@ class PageRAG:
             return None
         d = active[0]
         meanwhile = (
-            "visual and hybrid search work once it is done; text search works now "
-            "(`--mode text`)"
+            "visual and hybrid search work once it is done; text search works now (`--mode text`)"
             if which == "retriever"
             else "answers are written once it is done; finding pages works now (`pagerag search`)"
         )
@@ -199,6 +198,11 @@ class PageRAG:
             reason="downloading",
             setting=spec.setting,
         )
+
+    @property
+    def models_loading(self) -> bool:
+        """A model is being loaded (or downloaded) now."""
+        return bool(self._loading)
 
     def visual_deferred(self) -> bool:
         """Whether pages wait for visual vectors, or an ingestion went on without waiting for
