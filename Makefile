@@ -15,13 +15,20 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-# Optional: poppler for PAGERAG_RENDERER=pdf2image (the default renderer needs nothing).
+# Optional: poppler for PAGERAG_RENDERER=pdf2image and Tesseract for PAGERAG_OCR_ENGINE=tesseract
+# (the default renderer and OCR engine need nothing outside the lock file).
 system-deps:
 	@command -v pdftoppm >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null) \
 	      || echo "note: poppler-utils not installed; pdf2image tests will be skipped"; \
 	  else echo "note: install poppler-utils to use PAGERAG_RENDERER=pdf2image"; fi; }
+	@command -v tesseract >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-fra \
+	       tesseract-ocr-chi-sim >/dev/null) \
+	      || echo "note: tesseract not installed; its OCR test will be skipped"; \
+	  else echo "note: install tesseract-ocr to use PAGERAG_OCR_ENGINE=tesseract"; fi; }
 
 # The browser test drives Debian's chromium (Playwright cannot download its own browser here);
 # without one it is skipped, with a message saying so.

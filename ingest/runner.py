@@ -471,6 +471,7 @@ class IngestRunner:
             grid=emb.grid if emb else (0, 0),
             image_offset=emb.image_offset if emb else 0,
             text=p.page.text,
+            text_origin=p.page.text_origin,
             tags=doc.tags,
             sources=tuple(dict.fromkeys([f.source for f in doc.files])),
             ingested_at=now(),

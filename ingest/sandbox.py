@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.ocr import OcrOptions
 from ingest.render import OpenedDocument, RenderError, RenderLimits, SkippedPage
 from ingest.worker import image_path
 
@@ -36,6 +37,7 @@ class SandboxPage:
     width: int
     height: int
     text: str
+    text_origin: str = "pdf"  # "ocr" when the worker read the text from the image
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ class RenderSandbox:
         limits: RenderLimits | None = None,
         page_timeout: float = 60.0,
         memory_mb: int = 4096,
+        ocr: OcrOptions | None = None,
     ) -> None:
+        self.ocr = ocr
         self.renderer = renderer
         self.dpi = dpi
         self.limits = limits or RenderLimits()
@@ -101,6 +105,14 @@ class RenderSandbox:
         request = {"op": "inspect", "path": str(path), "kind": kind, "password": password}
         reply = self._request(request, "opening the file")
         return OpenedDocument(pages=reply["pages"], title=reply["title"])
+
+    def read_image(self, image: Path) -> str:
+        """OCR of a stored page image, in the worker (its limits apply): `pagerag ocr`.
+        Raises RenderError (the reason) when the engine fails or runs out of time."""
+        if self.ocr is None:
+            raise RenderError("OCR is off (PAGERAG_OCR_ENGINE=off)")
+        request = {"op": "ocr", "path": str(image), "kind": "image", "ocr": asdict(self.ocr)}
+        return str(self._request(request, f"reading {image.name} by OCR")["text"])
 
     def render(
         self,
@@ -130,6 +142,7 @@ class RenderSandbox:
                     "skip": sorted(skip or ()),
                     "first": first,
                     "out_dir": str(out_dir),
+                    "ocr": asdict(self.ocr) if self.ocr else None,
                 }
                 try:
                     numbers = self._request(request, "opening the file", budget)["pages"]
@@ -177,7 +190,12 @@ class RenderSandbox:
         if "skipped" in reply:
             return SkippedPage(reply["page"], reply["skipped"])
         return SandboxPage(
-            reply["page"], Path(reply["image"]), reply["width"], reply["height"], reply["text"]
+            reply["page"],
+            Path(reply["image"]),
+            reply["width"],
+            reply["height"],
+            reply["text"],
+            reply.get("text_origin", "pdf"),
         )
 
     @staticmethod

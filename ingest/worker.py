@@ -23,7 +23,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ingest.render import PageError, PageSource, RenderError, RenderLimits, inspect
+from PIL import Image
+
+from ingest.ocr import OcrEngine, OcrOptions, engine, looks_blank, needs_ocr
+from ingest.render import (
+    MAX_TEXT_CHARS,
+    PageError,
+    PageSource,
+    RenderError,
+    RenderLimits,
+    inspect,
+)
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -45,6 +55,13 @@ def _handle(request: dict[str, Any], out: Any) -> None:
     if request["op"] == "inspect":
         _reply(out, asdict(inspect(path, kind, password, limits)))
         return
+    ocr = OcrOptions(**request["ocr"]) if request.get("ocr") else None
+    if request["op"] == "ocr":  # a stored page image (`pagerag ocr`)
+        assert ocr is not None
+        with Image.open(path) as image:
+            image.load()
+            _reply(out, {"text": read_text(image, ocr)})
+        return
     out_dir = Path(request["out_dir"])
     with PageSource(
         path,
@@ -58,7 +75,7 @@ def _handle(request: dict[str, Any], out: Any) -> None:
     ) as source:
         _reply(out, {"pages": source.numbers})
         for i, number in enumerate(source.numbers):
-            _reply(out, _render_one(source, number, out_dir))
+            _reply(out, _render_one(source, number, out_dir, ocr))
             if i + 1 == len(source.numbers) or _next_command(sys.stdin) != "next":
                 return
 
@@ -68,7 +85,9 @@ def image_path(out_dir: Path, number: int) -> Path:
     return out_dir / f"p{number:04d}.png"
 
 
-def _render_one(source: PageSource, number: int, out_dir: Path) -> dict[str, Any]:
+def _render_one(
+    source: PageSource, number: int, out_dir: Path, ocr: OcrOptions | None
+) -> dict[str, Any]:
     try:
         page = source.render(number)
     except PageError as exc:
@@ -81,6 +100,12 @@ def _render_one(source: PageSource, number: int, out_dir: Path) -> dict[str, Any
         }
     except Exception as exc:  # a renderer bug on this page; the other pages may be fine
         return {"page": number, "skipped": f"page {number}: rendering failed ({exc!r})"}
+    text, origin = page.text, "pdf"
+    if ocr is not None and needs_ocr(text, ocr.min_chars) and not looks_blank(page.image):
+        try:
+            text, origin = read_text(page.image, ocr), "ocr"
+        except Exception as exc:  # the page is still indexed, for visual search
+            print(f"page {number}: OCR failed ({exc!r})", file=sys.stderr)
     target = image_path(out_dir, number)
     tmp = target.with_suffix(".tmp")
     page.image.save(tmp, format="PNG", compress_level=3)
@@ -90,9 +115,19 @@ def _render_one(source: PageSource, number: int, out_dir: Path) -> dict[str, Any
         "image": str(target),
         "width": page.image.width,
         "height": page.image.height,
-        "text": page.text,
+        "text": text,
+        "text_origin": origin,
         "bytes": target.stat().st_size,
     }
+
+
+_ENGINES: dict[str, OcrEngine] = {}  # loaded once per worker: RapidOCR's models take ~1 s
+
+
+def read_text(image: Image.Image, ocr: OcrOptions) -> str:
+    if ocr.engine not in _ENGINES:
+        _ENGINES[ocr.engine] = engine(ocr.engine)
+    return _ENGINES[ocr.engine].read(image, ocr.timeout)[:MAX_TEXT_CHARS]
 
 
 def _next_command(stdin: Any) -> str:

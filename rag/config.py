@@ -118,7 +118,11 @@ class Settings(BaseSettings):
     renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
     render_dpi: int = Field(default=144, ge=36, le=600)
     # Budgets against hostile files (rendering runs in a separate, limited process).
-    render_timeout_s: float = Field(default=60.0, gt=0)  # per page
+    render_timeout_s: float = Field(default=60.0, gt=0)  # per page, OCR included
+    # OCR (ingest/ocr.py) for pages whose text layer has fewer than `ocr_min_chars` visible
+    # characters (scans, text drawn as images): the text feeds text and hybrid search.
+    ocr_engine: Literal["rapidocr", "tesseract", "off"] = "rapidocr"
+    ocr_min_chars: int = Field(default=20, ge=1)
     render_memory_mb: int = Field(default=4096, ge=0)  # 0 = no limit
     render_max_pixels: int = Field(default=16_000_000, ge=10_000)  # per page; larger renders shrink
     max_pages_per_document: int = Field(default=2000, ge=1)  # the rest is reported, not indexed

@@ -15,7 +15,8 @@ from ingest.discover import Shard
 from ingest.diskspace import DiskFullError, optimize_needs, require_free
 from ingest.library import Library, PageImages
 from ingest.manifest import Manifest
-from ingest.render import RenderLimits
+from ingest.ocr import OcrOptions, needs_ocr
+from ingest.render import RenderError, RenderLimits
 from ingest.runner import IngestProgress, IngestRunner
 from ingest.sandbox import RenderSandbox
 from rag.answer import AnswerStream
@@ -23,7 +24,7 @@ from rag.config import SEARCH_MODES, SearchMode, Settings
 from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import IdError, doc_prefix
 from rag.index import open_index
-from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta
+from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta, check_retriever
 from rag.index.text import TEXT_CHANNEL
 from rag.models.download import DOWNLOADS
 from rag.models.loading import ModelDownloading, ModelLoadError
@@ -33,8 +34,10 @@ from rag.types import (
     Answer,
     Citation,
     DocumentInfo,
+    FileError,
     Hit,
     IngestReport,
+    OcrReport,
     SearchFilter,
     ServiceInfo,
 )
@@ -163,6 +166,8 @@ class PageRAG:
                     from rag.models.retriever import Retriever
 
                     model: Any = Retriever.load(self.settings)
+                    # Its family and width must match what the index holds.
+                    check_retriever(self.index, model.family.name, model.dim)
                 else:
                     from rag.models import load_answerer
 
@@ -179,9 +184,10 @@ class PageRAG:
 
     def _downloading(self, which: str) -> ModelDownloading | None:
         """The refusal to wait for `which`, if one of its files is being downloaded now."""
-        from rag.models import generator, retriever
-
-        spec = retriever.SPEC if which == "retriever" else generator.SPEC
+        if which == "retriever":
+            from rag.models.retriever import SPEC as spec
+        else:
+            from rag.models.generator import SPEC as spec
         active = [d for d in DOWNLOADS.active() if d.kind == spec.kind]
         if not active:
             return None
@@ -203,6 +209,11 @@ class PageRAG:
     def models_loading(self) -> bool:
         """A model is being loaded (or downloaded) now."""
         return bool(self._loading)
+
+    @property
+    def load_errors(self) -> dict[str, str]:
+        """Model ("retriever", "generator") -> why its last load failed, as `info()` has it."""
+        return dict(self._load_errors)
 
     def visual_deferred(self) -> bool:
         """Whether pages wait for visual vectors, or an ingestion went on without waiting for
@@ -243,6 +254,9 @@ class PageRAG:
             limits=limits,
             page_timeout=s.render_timeout_s,
             memory_mb=s.render_memory_mb,
+            ocr=None
+            if s.ocr_engine == "off"
+            else OcrOptions(s.ocr_engine, s.ocr_min_chars, s.render_timeout_s),
         )
 
     def ingest(
@@ -302,6 +316,47 @@ class PageRAG:
             if on_progress is not None:
                 on_progress(progress)
             self._writes.run_queued()  # deletions that came in meanwhile
+
+    def fill_ocr(self, on_page: Callable[[int, int], None] | None = None) -> OcrReport:
+        """OCR for stored pages whose text is missing or shorter than PAGERAG_OCR_MIN_CHARS (a
+        library ingested before OCR, or with it off): no re-ingesting. Reads the stored page
+        images in the render worker; `on_page(done, total)` after each page checked."""
+        if self.settings.ocr_engine == "off":
+            raise PageRAGError(
+                "OCR is off (PAGERAG_OCR_ENGINE=off); set it to rapidocr or tesseract"
+            )
+        report = OcrReport()
+        with self._writes.held():
+            pages = [
+                (doc.doc_id, n) for doc in self.documents() for n in self.index.page_ids(doc.doc_id)
+            ]
+            sandbox = self._sandbox()
+            try:
+                for done, (doc_id, number) in enumerate(pages, 1):
+                    hit = self.index.page(doc_id, number)
+                    if hit is not None and (
+                        hit.text_origin != "ocr"
+                        and needs_ocr(hit.text, self.settings.ocr_min_chars)
+                    ):
+                        report.read += self._ocr_page(sandbox, hit, report)
+                    report.checked = done
+                    if on_page is not None:
+                        on_page(done, len(pages))
+                    self._writes.run_queued()  # deletions that came in meanwhile
+            finally:
+                sandbox.close()
+        return report
+
+    def _ocr_page(self, sandbox: RenderSandbox, hit: Hit, report: OcrReport) -> int:
+        try:
+            text = sandbox.read_image(self.library.images.path(hit.doc_id, hit.page))
+        except (RenderError, OSError) as exc:
+            report.failed.append(FileError(f"{hit.source} page {hit.page}", str(exc)))
+            return 0
+        if needs_ocr(text, 1):  # nothing legible: keep what the text layer had
+            return 0
+        self.index.set_page_text(hit.doc_id, hit.page, text, origin="ocr")
+        return 1
 
     def _can_optimize(self) -> bool:
         """Whether the disk has room to optimise the embedded index (Qdrant's own check lets

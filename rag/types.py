@@ -36,6 +36,7 @@ class PageRecord:
     tags: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # every path this content was seen under (source included)
     ingested_at: str = ""
+    text_origin: str = "pdf"  # "pdf" (the text layer) or "ocr" (read from the page image)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Hit:
     text: str = ""
     grid: tuple[int, int] = (0, 0)
     image_offset: int = 0
+    text_origin: str = "pdf"  # "ocr" when the text was read from the page image
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,15 @@ class FileDuplicate:
 
     source: str
     same_as: str
+
+
+@dataclass
+class OcrReport:
+    """What `PageRAG.fill_ocr` did: pages checked, pages that got OCR text, and failures."""
+
+    checked: int = 0
+    read: int = 0
+    failed: list[FileError] = field(default_factory=list)
 
 
 @dataclass

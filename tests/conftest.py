@@ -10,6 +10,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OCR costs seconds a page on these CPUs and most tests' pages are blank or typed: it is on
+# where it is the subject (tests/ingest/test_ocr.py sets PAGERAG_OCR_ENGINE itself).
+os.environ.setdefault("PAGERAG_OCR_ENGINE", "off")
 
 from pathlib import Path
 

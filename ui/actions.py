@@ -14,6 +14,8 @@ from typing import Any
 from rag.config import SearchMode
 from rag.errors import UserError
 from rag.heatmap import page_heatmaps
+from rag.models.download import DOWNLOADS, Download, DownloadRegistry
+from rag.models.loading import ModelDownloading, ModelLoadError
 from rag.server.jobs import JobInfo, JobManager, display_name, stage_files
 from rag.server.modelqueue import Ticket, WorkQueue
 from rag.service import PageRAG
@@ -24,6 +26,9 @@ Turn = tuple[str, str]
 GalleryItem = tuple[Any, str]  # (image path or PIL image, caption)
 SHORT_ID = 12  # characters of a document id shown in the UI
 
+# What works while a model is missing or downloading, as the UI's controls name it.
+TEXT_MODE = " (Settings: How pages are found: Text layer only)"
+FIND = " (the Find pages only button)"
 # Advice written for the command line, as the UI says it (what a browser user can do there).
 _UI_ADVICE = [
     (re.compile(r"; `pagerag docs list` shows them"), "; the Library tab lists them"),
@@ -36,6 +41,8 @@ _UI_ADVICE = [
         "Add PDFs or images in the Library tab first.",
     ),
     (re.compile(r"the next `pagerag ingest`( run)? completes"), "adding the files again completes"),
+    (re.compile(r"text search works now \(`--mode text`\)"), "text search works now" + TEXT_MODE),
+    (re.compile(r"finding pages works now \(`pagerag search`\)"), "finding pages works now" + FIND),
 ]
 
 
@@ -79,7 +86,21 @@ def shown(text: str) -> str:
 
 def problem(exc: BaseException) -> str | None:
     """A plain-words message for an error a user can act on (with UI advice); None for a bug."""
-    return ui_words(str(exc)) if isinstance(exc, UserError) else None
+    if not isinstance(exc, UserError):
+        return None
+    message = ui_words(str(exc))
+    if isinstance(exc, ModelLoadError) and not isinstance(exc, ModelDownloading):
+        message = f"{message} {_meanwhile(exc.setting)}".rstrip()
+    return message
+
+
+def _meanwhile(setting: str) -> str:
+    """What works in the UI while the model chosen by `setting` is missing."""
+    if setting == "PAGERAG_RETRIEVER_MODEL":
+        return "Until it loads, text search needs no model and works" + TEXT_MODE + "."
+    if setting == "PAGERAG_GENERATOR_MODEL":
+        return "Until it loads, finding pages works without writing an answer" + FIND + "."
+    return ""
 
 
 def resolve_docs(service: PageRAG, doc_ids: Sequence[str]) -> list[str]:
@@ -458,15 +479,27 @@ def status(service: PageRAG, work: WorkQueue) -> str:
     queue = work.stats()
     mib = 1024 * 1024
     rows = [
-        ("Retriever", f"{info.retriever_model} ({_loaded(info.retriever_loaded)})"),
+        (
+            "Retriever",
+            f"{_escape(info.retriever_model)} "
+            f"({_loaded(info.retriever_loaded, info.retriever_error)})",
+        ),
         (
             "Generator",
-            f"{info.generator_model} ({_loaded(info.generator_loaded)})",
+            f"{_escape(info.generator_model)} "
+            f"({_loaded(info.generator_loaded, info.generator_error)})",
         ),
+        *(("Download", f"{_escape(d.model_id)}: {d.describe()}") for d in DOWNLOADS.active()),
         ("Device", f"{info.device} · {info.dtype}"),
         ("Index backend", info.backend),
         ("Documents", f"{info.documents} ({info.pending_documents} being ingested)"),
         ("Pages", info.pages),
+        (
+            "Waiting for visual vectors",
+            f"{info.waiting_pages} pages (found by text search until the page model embeds them)"
+            if info.waiting_pages
+            else "none",
+        ),
         (
             "Disk use",
             f"{info.bytes_on_disk / mib:.1f} MiB (index {info.index_bytes / mib:.1f} MiB, "
@@ -483,5 +516,64 @@ def status(service: PageRAG, work: WorkQueue) -> str:
     return "| Part | State |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _loaded(flag: object) -> str:
+def _loaded(flag: object, error: str = "") -> str:
+    if error:
+        return f"could not load: {_escape(ui_words(error))}"
     return "loaded" if flag else "not loaded yet"
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|#])")
+
+
+def _escape(text: str) -> str:
+    """`text` shown as written inside Markdown (a model id or path may hold `_` or `*`)."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+# -- banner -------------------------------------------------------------------------------
+
+_ROLES = {"ColQwen2": "page model", "Qwen2-VL": "answer model"}
+_DOWNLOAD_MEANWHILE = {
+    "ColQwen2": "Meanwhile text search works" + TEXT_MODE + " and documents can be added; "
+    "visual search starts when it is done.",
+    "Qwen2-VL": "Meanwhile search works" + FIND + "; answers start when it is done.",
+}
+
+
+def banner(service: PageRAG, downloads: DownloadRegistry = DOWNLOADS) -> str:
+    """What keeps the models from working (Markdown; empty when nothing does): a download in
+    progress, with its bytes and rate, or a model that could not load, with the reason, the
+    setting to change and what works meanwhile."""
+    lines = [_download_line(d) for d in downloads.active()]
+    errors = service.load_errors  # not `info()`: this runs every few seconds per open page
+    if error := errors.get("retriever"):
+        count = service.library.waiting_count()
+        waiting = (
+            f" {count} stored pages are found by text search now and get their visual vectors "
+            "once it loads."
+            if count
+            else ""
+        )
+        lines.append(
+            f"**The page model could not be loaded:** {_escape(ui_words(error))}"
+            f" {_meanwhile('PAGERAG_RETRIEVER_MODEL')}{waiting}"
+        )
+    if error := errors.get("generator"):
+        lines.append(
+            "**The answer model could not be loaded:** "
+            f"{_escape(ui_words(error))} {_meanwhile('PAGERAG_GENERATOR_MODEL')}"
+        )
+    return "\n\n".join(lines)
+
+
+def _download_line(d: Download) -> str:
+    role = _ROLES.get(d.kind, "model")
+    return (
+        f"**Downloading the {role}** ({_escape(d.model_id)}) from the Hugging Face Hub, once: "
+        f"{d.describe()}. {_DOWNLOAD_MEANWHILE.get(d.kind, '')}"
+    ).rstrip()
+
+
+def banner_busy(service: PageRAG, downloads: DownloadRegistry = DOWNLOADS) -> bool:
+    """Whether the banner may change soon (a model is loading or downloading)."""
+    return service.models_loading or bool(downloads.active())

@@ -64,6 +64,7 @@ INTRO = (
 )
 PRIVATE = "private"  # events the page uses itself: not offered to API clients
 POLL_SECONDS = 2.0  # the Library tab's refresh while an ingestion job runs
+BANNER_SECONDS = 2.0  # the banner's refresh while a model loads or downloads
 
 
 def build_ui(
@@ -79,6 +80,10 @@ def build_ui(
         title="PageRAG", analytics_enabled=False, fill_width=True, delete_cache=(3600, 86400)
     ) as demo:
         gr.Markdown(INTRO)
+        # A model downloading (its progress, what works meanwhile) or unable to load (why, and
+        # the setting to change); empty otherwise.
+        banner = gr.Markdown(elem_id="banner", label="banner")
+        banner_timer = gr.Timer(BANNER_SECONDS, active=False)
         with gr.Tabs():
             with gr.Tab("Ask", id="ask"):
                 ask = _ask_tab(settings.ask_pages, settings.search_mode)
@@ -91,6 +96,7 @@ def build_ui(
         _wire_library(demo, service, jobs, lib, ask["doc_filter"])
         refresh_status.click(lambda: actions.status(service, work), None, status, api_name="status")
         demo.load(lambda: actions.status(service, work), None, status, api_visibility=PRIVATE)
+        _wire_banner(demo, service, banner, banner_timer, [ask, lib])
     # Gradio's own queue lets every model event through to the service's shared line, which
     # decides (for the UI and the API alike) who waits and who is turned away.
     demo.queue(default_concurrency_limit=settings.queue_size + 1)
@@ -98,6 +104,27 @@ def build_ui(
     # argument, read from the Blocks when they are mounted): a bound on the server's memory.
     demo.state_session_capacity = settings.ui_sessions
     return demo
+
+
+def _wire_banner(
+    demo: gr.Blocks,
+    service: PageRAG,
+    banner: gr.Markdown,
+    timer: gr.Timer,
+    tabs: list[dict[str, Any]],
+) -> None:
+    """The banner is filled when the page opens and refreshed while a model loads or
+    downloads; asking, searching or adding documents (which may start a load) restarts it."""
+    quiet: dict[str, Any] = {"api_visibility": PRIVATE, "show_progress": "hidden"}
+
+    def update() -> tuple[Any, Any]:
+        return actions.banner(service), gr.Timer(active=actions.banner_busy(service))
+
+    demo.load(update, None, [banner, timer], **quiet)
+    timer.tick(update, None, [banner, timer], **quiet)
+    ask, lib = tabs
+    for trigger in (ask["send"].click, ask["question"].submit, ask["find"].click, lib["add"].click):
+        trigger(lambda: gr.Timer(active=True), None, timer, **quiet)
 
 
 def _warn(exc: Exception) -> str:

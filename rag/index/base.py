@@ -80,8 +80,8 @@ class PageIndex(Protocol):
         the text channel `text_weight`; pages without text still rank by the visual channel."""
         ...
 
-    def set_page_text(self, doc_id: str, page: int, text: str) -> None:
-        """Replace one page's text and its BM25 vector (e.g. OCR text that came with a dataset)."""
+    def set_page_text(self, doc_id: str, page: int, text: str, origin: str = "pdf") -> None:
+        """Replace one page's text and its BM25 vector; `origin` is "pdf" or "ocr"."""
         ...
 
     def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
@@ -144,4 +144,33 @@ def check_meta(index: PageIndex, expected: dict[str, Any]) -> None:
             "it was built with, or re-index: point PAGERAG_DATA_DIR (or PAGERAG_QDRANT_COLLECTION"
             " for a Qdrant server) at a new location and run `pagerag ingest` again, or run "
             "`pagerag reset` to delete this index first."
+        )
+
+
+def check_retriever(index: PageIndex, family: str, dim: int) -> None:
+    """Refuse to fill `index` with another retriever family's vectors, or rows of another
+    width; record the family the first time a retriever loads (`retriever_model` alone
+    misses a local directory whose contents were replaced)."""
+    from rag.index.schema import DIM
+
+    found = index.read_meta() or {}
+    stored_dim = int(found.get("dim", DIM))
+    if dim != stored_dim:
+        raise IndexMismatchError(
+            f"The retriever ({family}) makes {dim}-d vectors, but this index stores "
+            f"{stored_dim}-d ones. Choose a {stored_dim}-d retriever for "
+            "PAGERAG_RETRIEVER_MODEL (`pagerag models` lists them)."
+        )
+    stored = found.get("retriever_family")
+    if stored is None:
+        if found:  # a new index gets its metadata from `check_meta` first
+            index.write_meta({**found, "retriever_family": family})
+    elif stored != family:
+        raise IndexMismatchError(
+            f"The index was built with a {stored} retriever, but PAGERAG_RETRIEVER_MODEL now "
+            f"loads a {family} one, whose vectors cannot be compared with the stored ones. "
+            f"Either point PAGERAG_RETRIEVER_MODEL back at the {stored} checkpoint, or "
+            "re-index: point PAGERAG_DATA_DIR (or PAGERAG_QDRANT_COLLECTION for a Qdrant "
+            "server) at a new location and run `pagerag ingest` again, or run `pagerag reset` "
+            "to delete this index first."
         )

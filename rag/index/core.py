@@ -151,10 +151,10 @@ class QdrantIndex(ABC):
     def delete_document(self, doc_id: str) -> None:
         self._delete(doc_where(doc_id))
 
-    def set_page_text(self, doc_id: str, page: int, text: str) -> None:
-        """Replace a page's text and its BM25 vector (text from elsewhere, e.g. a dataset's OCR)."""
+    def set_page_text(self, doc_id: str, page: int, text: str, origin: str = "pdf") -> None:
+        """Replace a page's text and its BM25 vector (OCR, or a dataset's own text)."""
         pid = schema.point_id(doc_id, page)
-        self._set_payload({"text": text}, [pid])
+        self._set_payload({"text": text, "text_origin": origin}, [pid])
         self._set_text_vector(pid, embed_page_text(text))
 
     # -- reads ----------------------------------------------------------------------------

@@ -105,6 +105,7 @@ def record_to_payload(record: PageRecord) -> dict[str, Any]:
         "grid": list(record.grid),
         "image_offset": record.image_offset,
         "text": record.text,
+        "text_origin": record.text_origin,
         "tags": list(record.tags),
         "ingested_at": record.ingested_at,
         **source_payload(record.source, record.sources),
@@ -127,6 +128,7 @@ def payload_to_record(payload: dict[str, Any]) -> PageRecord:
         tags=tuple(payload.get("tags", ())),
         sources=tuple(payload.get("sources", ())),
         ingested_at=payload.get("ingested_at", ""),
+        text_origin=payload.get("text_origin", "pdf"),
     )
 
 
@@ -141,6 +143,7 @@ def payload_to_hit(payload: dict[str, Any], score: float) -> Hit:
         text=payload.get("text", ""),
         grid=_grid(payload),
         image_offset=int(payload.get("image_offset", 0)),
+        text_origin=payload.get("text_origin", "pdf"),
     )
 
 

@@ -141,13 +141,7 @@ class DownloadRegistry:
             if due:
                 entry.logged = now
         if began:
-            log.info(
-                "downloading the %s model %s from the Hugging Face Hub (%s; once only, it is "
-                "cached then)",
-                view.kind or "",
-                model_id,
-                size(view.total),
-            )
+            log.info("downloading %s from the Hugging Face Hub (once: it is cached then)", model_id)
         elif due:
             log.info("downloading %s: %s", model_id, view.describe())
 

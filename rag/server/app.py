@@ -78,7 +78,8 @@ def create_app(
             readiness.ready.set()
         if startup_paths:
             jobs.submit_paths(startup_paths)
-        yield
+        async with app.state.mcp.running():  # the MCP SDK's sessions live in the lifespan
+            yield
         jobs.close()
 
     # Swagger UI at /docs from files in the fastapi-offline wheel, served at DOCS_ASSETS (FastAPI's
@@ -115,6 +116,10 @@ def create_app(
     app.include_router(router)
     _add_health(app)
     _add_fallback(app)
+    # Imported here: `python -m rag.server.mcp` (stdio) would otherwise import itself twice.
+    from rag.server.mcp import mount_mcp
+
+    app.state.mcp = mount_mcp(app, service)  # /mcp, before the web UI's catch-all mount
     if not gate.keys:
         _drop_security(app)
     if ui:
@@ -175,13 +180,20 @@ def _load_models(service: PageRAG, readiness: Readiness, jobs: JobManager) -> No
         # Ingestions that ran during its download stored their pages for text search only:
         # embed them now (a job of no files does just that).
         if service.visual_deferred():
-            jobs.submit_paths([])
+            _embed_waiting(jobs)
         service.generator  # noqa: B018
     except Exception as exc:  # /readyz reports it; the API answers 503 with the same message
         log_failure(log, "loading the models failed", exc, debug=service.settings.debug)
         readiness.error = str(exc)
         return
     readiness.ready.set()
+
+
+def _embed_waiting(jobs: JobManager) -> None:
+    try:
+        jobs.submit_paths([])
+    except Exception as exc:  # shutting down, or the job line is full: the models still load
+        log.warning("the pages without visual vectors get them at the next ingestion (%s)", exc)
 
 
 def _add_health(app: FastAPI) -> None:

@@ -399,7 +399,8 @@ class JobManager:
 
     def _run(self, job: Job) -> None:
         with self._lock:
-            job.state, job.started_at = "running", _now()
+            # Named from the start: the runner's first report comes after it lists the files.
+            job.state, job.started_at, job.stage = "running", _now(), job.stage or "reading"
         self._save(job)
         # Files already in the library when the job starts are skipped: say "unchanged" for
         # them rather than "indexed".

@@ -11,6 +11,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
+from rag.models.download import DOWNLOADS
 from rag.server.jobs import JobInfo, JobManager
 from rag.server.modelqueue import WorkQueue
 from rag.service import PageRAG
@@ -43,6 +44,7 @@ def test_build_ui_builds_without_launching(service: PageRAG) -> None:
     assert tabs == ["Ask", "Library", "Status"]
     ids = {b.elem_id for b in demo.blocks.values()}
     assert {"chat", "question", "pages", "citations", "show-map", "upload", "documents"} <= ids
+    assert "banner" in ids
 
 
 def test_ask_streams_the_answer_then_shows_pages_and_chips(service: PageRAG) -> None:
@@ -245,3 +247,20 @@ def test_status_lists_models_index_and_queue(service: PageRAG) -> None:
     text = actions.status(service, WORK)
     for words in ("Retriever", "Generator", "Device", "qdrant-edge", "Pages", "Model queue"):
         assert words in text
+
+
+def test_the_banner_shows_a_download_and_what_works_meanwhile(service: PageRAG) -> None:
+    assert actions.banner(service) == ""  # both models loaded, nothing downloading
+    try:
+        with DOWNLOADS.track("org/big-model", "ColQwen2") as progress:
+            progress(total=4_400_000_000, unit="B", disable=True).update(1_100_000_000)
+            text = actions.banner(service)
+            status = actions.status(service, WORK)
+            assert actions.banner_busy(service)
+    finally:
+        DOWNLOADS.forget("org/big-model")
+    assert text.startswith("**Downloading the page model** (org/big-model) from the Hugging")
+    assert "1.10 GB of 4.40 GB (25%)" in text and "text search works" in text
+    assert "Text layer only" in text and "pagerag" not in text
+    assert "| Download | org/big-model: 1.10 GB of 4.40 GB" in status
+    assert actions.banner(service) == "" and not actions.banner_busy(service)

@@ -333,14 +333,28 @@ LAYOUT_PROBLEMS = """(selectors) => {
 }"""
 
 
-def test_the_three_tabs_fit_a_phone(browser: Any, service: PageRAG, tmp_path: Path) -> None:
+def test_the_three_tabs_fit_a_phone(
+    browser: Any, service: PageRAG, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     long_name = "annual-report-of-the-regional-board-2015-final-version.pdf"
     service.ingest([make_pdf(tmp_path / "in" / long_name, ["Revenue 2015", "Costs 2015"])])
+    from rag.models.download import DOWNLOADS
+
+    request.addfinalizer(lambda: DOWNLOADS.forget("vidore/colqwen2-base"))
+    downloading = DOWNLOADS.track("vidore/colqwen2-base", "ColQwen2")  # as a first run shows it
+    progress = downloading.__enter__()
+    progress(total=4_400_000_000, unit="B", disable=True).update(1_100_000_000)
     with running_server(create_app(service)) as url:
         page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
         page.wait_for_selector("#chat")
+        page.wait_for_function(
+            "document.querySelector('#banner').innerText.includes('1.10 GB of 4.40 GB')"
+        )
+        banner = page.evaluate(LAYOUT_PROBLEMS, ["#banner"])
+        downloading.__exit__(None, None, None)  # the download ends: the banner goes
+        page.wait_for_function("document.querySelector('#banner').innerText.trim() === ''")
         page.locator("#question textarea").fill("What were the costs in 2015?")
         page.locator("#question textarea").press("Enter")
         page.wait_for_function(
@@ -368,4 +382,4 @@ def test_the_three_tabs_fit_a_phone(browser: Any, service: PageRAG, tmp_path: Pa
         status = page.evaluate(LAYOUT_PROBLEMS, ["#status"])
         page.screenshot(path=str(tmp_path / "ui-phone-status.png"), full_page=True)
         page.close()
-    assert (ask, library, status) == ([], [], [])
+    assert (banner, ask, library, status) == ([], [], [], [])

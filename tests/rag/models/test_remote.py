@@ -68,8 +68,12 @@ def answer_server(
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        server.terminate()
-        server.wait(20)
+        server.terminate()  # it finishes a generation in progress before it exits
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
 
 
 def remote_settings(
