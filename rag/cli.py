@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -43,10 +45,12 @@ from rag.types import Citation, IngestReport, SearchFilter
 
 if TYPE_CHECKING:  # the eval package imports datasets and ir-measures: only when evaluating
     from rag.eval import EvalReport
+    from rag.remote import Service
     from rag.service import PageRAG
 
 EXIT_FAILED_FILES = 1  # ingestion finished, some files could not be read
 EXIT_USAGE = 2  # bad command-line usage (click's own status for it)
+SERVER_FILE = "server.json"  # where `pagerag serve` announces itself (rag.remote.SERVER_FILE)
 # EXIT_CONFIG (3): the settings, the model or the index
 
 app = typer.Typer(
@@ -72,29 +76,77 @@ def _settings() -> Settings:
         return Settings()
     except InvalidSettingsError as exc:
         _die(str(exc), exc.exit_code)
-        raise  # unreachable: _die exits
 
 
 @contextmanager
-def _opened(settings: Settings | None = None) -> Iterator[PageRAG]:
-    """The service for one command, closed at the end; an error a user can fix (`UserError`),
-    opening or later, becomes its message and exit status. Anything else is a bug."""
+def _mapped() -> Iterator[None]:
+    """An error a user can fix (`UserError`) becomes its message and exit status; anything
+    else is a bug and shows its traceback."""
+    try:
+        yield
+    except UserError as exc:
+        _die(str(exc), exc.exit_code)
+
+
+@contextmanager
+def _local(settings: Settings) -> Iterator[PageRAG]:
+    """The service in this process, closed at the end."""
     from rag.service import PageRAG
 
-    settings = settings or _settings()
-    try:
+    with _mapped():
         service = PageRAG(settings)
-    except UserError as exc:
-        _die(str(exc), exc.exit_code)
-    try:
-        yield service
-    except UserError as exc:
-        _die(str(exc), exc.exit_code)
-    finally:
-        service.close()
+        try:
+            yield service
+        finally:
+            service.close()
 
 
-def _die(message: str, code: int = EXIT_CONFIG) -> None:
+@contextmanager
+def _opened(settings: Settings | None = None) -> Iterator[Service]:
+    """The service for one command: through the running server when `pagerag serve` holds
+    the data directory (rag/remote.py), else in this process."""
+    settings = settings or _settings()
+    url = _server(settings)
+    if url is None:
+        with _local(settings) as service:
+            yield service
+        return
+    from rag.remote import RemotePageRAG
+
+    with _mapped():
+        remote = RemotePageRAG(settings, url)
+        try:
+            yield remote
+        finally:
+            remote.close()
+
+
+def _server(settings: Settings) -> str | None:
+    """The URL of the server announced in the data directory, if one runs there. With a
+    Qdrant server (PAGERAG_QDRANT_URL) nothing is locked, and commands run here."""
+    if settings.qdrant_url or not (settings.data_dir / SERVER_FILE).exists():
+        return None  # checked before importing rag.remote (httpx): commands start faster
+    from rag.remote import running_server
+
+    def waiting(url: str) -> None:
+        _note("notice", f"waiting for the PageRAG server at {url} to start")
+
+    return running_server(settings, on_wait=waiting)
+
+
+def _refuse_while_served(settings: Settings, what: str) -> None:
+    """Exit 3 when a server holds the data directory and `what` cannot go through it."""
+    from rag.remote import running_server
+
+    if (settings.data_dir / SERVER_FILE).exists() and (url := running_server(settings)):
+        _die(
+            f"`pagerag serve` at {url} is using {settings.data_dir}, and {what} cannot go "
+            "through it: stop the server first",
+            EXIT_CONFIG,
+        )
+
+
+def _die(message: str, code: int = EXIT_CONFIG) -> NoReturn:
     # Escaped (a value may hold brackets) and unwrapped: one line per problem, at any width.
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -243,7 +295,7 @@ class _Wanted:
     source_unknown: bool = False  # --source is neither a stored source prefix nor ingested
 
 
-def _wanted(service: PageRAG, doc: list[str], source: str | None, tag: list[str]) -> _Wanted:
+def _wanted(service: Service, doc: list[str], source: str | None, tag: list[str]) -> _Wanted:
     doc_ids = tuple(service.resolve(d) for d in doc)
     shown = [*(f"--doc {d}" for d in doc), *(f"--tag {t}" for t in tag)]
     prefix, unknown = None, False
@@ -261,7 +313,7 @@ def _wanted(service: PageRAG, doc: list[str], source: str | None, tag: list[str]
     return _Wanted(None if filters.is_empty() else filters, tuple(shown), unknown)
 
 
-def _source(service: PageRAG, typed: str) -> tuple[str | None, tuple[str, ...], bool]:
+def _source(service: Service, typed: str) -> tuple[str | None, tuple[str, ...], bool]:
     """--source as typed -> (a source prefix, or else the documents ingested from that path;
     whether it is neither, as far as this library knows).
 
@@ -282,7 +334,7 @@ def _source(service: PageRAG, typed: str) -> tuple[str | None, tuple[str, ...], 
     return (None, under, False) if under else (prefix, (), not known)
 
 
-def _nothing_found(service: PageRAG, wanted: _Wanted, mode: SearchMode) -> str:
+def _nothing_found(service: Service, wanted: _Wanted, mode: SearchMode) -> str:
     """Why a search found no page, and what to do."""
     if not service.documents():
         return "nothing is indexed yet; run `pagerag ingest PATH` first"
@@ -419,6 +471,7 @@ def _print_ingest_report(report: IngestReport, as_json: bool) -> None:
         f"({_plural(report.indexed_pages, 'page')}), {skipped}, {len(report.failed)} failed "
         f"in {report.seconds:.1f} s",
         highlight=False,
+        soft_wrap=True,
     )
     for dup in report.duplicates:
         out.print(
@@ -459,21 +512,16 @@ def search(
         wanted = _wanted(service, doc, source, tag)
         hits = service.search(query, k, filters=wanted.filters, mode=mode)
         missing = "" if hits else _nothing_found(service, wanted, service.search_mode(mode))
-    rows = [
-        {"doc_id": h.doc_id, "source": h.source, "page": h.page, "score": h.score, "image": h.image}
-        for h in hits
-    ]
     if as_json:
-        _print_json(rows)
+        shown = ("doc_id", "source", "page", "score", "image")
+        _print_json([{name: getattr(h, name) for name in shown} for h in hits])
         return
-    if not rows:
+    if not hits:
         out.print(escape(missing), highlight=False)
         return
     table = _table("#", "score", "source", "page", "doc_id", "image")
-    for i, r in enumerate(rows, 1):
-        table.add_row(
-            str(i), f"{r['score']:.3f}", r["source"], str(r["page"]), r["doc_id"][:12], r["image"]
-        )
+    for i, h in enumerate(hits, 1):
+        table.add_row(str(i), f"{h.score:.3f}", h.source, str(h.page), h.doc_id[:12], h.image)
     out.print(table)
 
 
@@ -595,13 +643,15 @@ def eval_(
 
     logging.basicConfig(level=logging.WARNING)
     settings = _settings()
+    if reuse_index:
+        _refuse_while_served(settings, "an evaluation on its index")
     with tempfile.TemporaryDirectory(prefix="pagerag-eval-") as tmp:
         settings, workdir = _eval_place(settings, dataset, Path(tmp), reuse_index)
         try:
             data = open_dataset(dataset, workdir, questions=questions, split=split)
         except DatasetError as exc:
             _die(str(exc), exc.exit_code)
-        with _opened(settings) as service, _bar(quiet=as_json) as bar:
+        with _local(settings) as service, _bar(quiet=as_json) as bar:
             tasks: dict[str, TaskID] = {}
 
             def queried(stage: str, done: int, total: int) -> None:
@@ -704,10 +754,12 @@ def info(
     """Backend, models, device, and how much is stored."""
     with _opened() as service:
         data = asdict(service.info())
+        url = getattr(service, "url", None)  # served: the server's figures
     if as_json:
         _print_json(data)
         return
-    for key, value in _info_lines(data):
+    lines = _info_lines(data)
+    for key, value in [("server", url), *lines] if url else lines:
         out.print(f"{key:>12}: {escape(value)}", highlight=False, soft_wrap=True)
 
 
@@ -763,6 +815,8 @@ def serve(
     if missing:
         _die(f"no such file or folder: {', '.join(missing)}", EXIT_USAGE)
     settings = _settings()
+    if url := _server(settings):
+        _die(f"`pagerag serve` already serves {settings.data_dir} at {url}", EXIT_CONFIG)
     _check_port(host, port)
     # Gradio keeps uploads in /tmp/gradio by default, shared by every Gradio process on the
     # machine; read once when gradio is imported, so it is set before create_app imports it.
@@ -773,12 +827,22 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with _opened(settings) as service:
+    from rag.remote import announced, connect_url
+
+    with _local(settings) as service:
         app_ = create_app(service, startup_paths=[p.expanduser() for p in docs])
         err.print(
             f"PageRAG on http://{host}:{port}/ (REST API /api/v1, its docs /docs)", highlight=False
         )
-        serve_app(app_, host, port)
+        # Announced once the index is ours: CLI commands on this data directory go through
+        # this server meanwhile (rag/remote.py). uvicorn raises the SIGTERM it stopped for
+        # again once it is done: as an exit, so the announcement and the index are closed.
+        before = signal.signal(signal.SIGTERM, lambda sig, _frame: sys.exit(128 + sig))
+        try:
+            with announced(settings, connect_url(host, port)):
+                serve_app(app_, host, port)
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -800,6 +864,114 @@ def _check_port(host: str, port: int) -> None:
 
 
 @app.command()
+def ocr(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Read the stored pages that have no usable text layer (scans) by OCR, so text and
+    hybrid search find them; no re-ingesting. New ingestions do this by themselves."""
+    settings = _settings()
+    _refuse_while_served(settings, "OCR of the stored pages")
+    with _local(settings) as service, _bar(as_json) as bar:
+        task = _task(bar, "pages checked")
+        report = service.fill_ocr(lambda done, total: bar.update(task, total=total, completed=done))
+    if as_json:
+        _print_json(asdict(report))
+        return
+    out.print(
+        f"checked {_plural(report.checked, 'page')}: {report.read} read by OCR "
+        f"({settings.ocr_engine}), {len(report.failed)} failed",
+        highlight=False,
+    )
+    for failure in report.failed:
+        _note("warning", f"{failure.source}: {failure.error}")
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED_FILES)
+
+
+@app.command()
+def mcp() -> None:
+    """Serve PageRAG's tools to an agent host over stdio (MCP): search_pages, ask,
+    list_documents, get_page_image and add_files. A running `pagerag serve` offers the same
+    tools (add_files aside) at /mcp."""
+    settings = _settings()
+    _refuse_while_served(settings, "an MCP server over stdio (use the server's /mcp instead)")
+    from rag.server.mcp import run_stdio
+
+    with _mapped():
+        run_stdio(settings)
+
+
+models_app = typer.Typer(help="The supported retrievers and answerers, and fetching them.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """Every supported model: family, size, licence, whether it is active and downloaded."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rag.models.registry import model_rows
+
+    rows = model_rows(_settings())
+    if as_json:
+        _print_json(rows)
+        return
+    # Lines, not a table: a Hub id must stay whole at any terminal width to be copied.
+    for kind in ("retriever", "answerer"):
+        out.print(f"[bold]{kind}s[/]")
+        for r in (r for r in rows if r["kind"] == kind):
+            facts = [
+                r["family"] or "unknown family",
+                f"{r['params_b']:g} B parameters" if r["params_b"] else "",
+                f"{r['size_gb']:g} GB download" if r["size_gb"] else "",
+                _licence(r["license"] or ""),
+                f"on disk ({r['cached_gb']:g} GB)" if r["cached"] and r["cached_gb"] else "",
+                # The index stores 128-d rows (rag/index/schema.py); wider ones are refused.
+                f"not usable yet ({r['dim']}-d rows)" if r["dim"] not in (None, 128) else "",
+            ]
+            mark = "*" if r["active"] else " "
+            line = f"{mark} {r['model']}  {', '.join(f for f in facts if f)}"
+            out.print(escape(line), highlight=False, soft_wrap=True)
+    out.print(
+        "* = chosen by PAGERAG_RETRIEVER_MODEL / PAGERAG_GENERATOR_MODEL; sizes from the model "
+        "cards; `pagerag models pull NAME` downloads one for an offline machine",
+        highlight=False,
+    )
+
+
+def _licence(full: str) -> str:
+    """The licence's name, and "(NC)" where any part is non-commercial (`--json` has it all)."""
+    short = full.split(";")[0].split(" (")[0]
+    return (
+        short + " (NC)" if "non-commercial" in full.lower() or "research" in full.lower() else short
+    )
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="A name or Hub id from `pagerag models`.")],
+) -> None:
+    """Download a model (and its base model, for adapters) into the Hugging Face cache."""
+    from rag.models.loading import ModelSpec, resolve_model_source
+    from rag.models.registry import models
+
+    wanted = name.casefold()
+    found = [m for m in models() if wanted in (m.model.casefold(), m.name.casefold())]
+    if not found:
+        _die(f"no model {name!r} in the registry; `pagerag models` lists them", EXIT_USAGE)
+    [entry] = found[:1]
+    setting = "PAGERAG_RETRIEVER_MODEL" if entry.kind == "retriever" else "PAGERAG_GENERATOR_MODEL"
+    with _mapped():
+        for model_id in [entry.model, *([entry.base_model] if entry.base_model else [])]:
+            source = resolve_model_source(model_id, None, ModelSpec(setting, entry.family))
+            out.print(f"{model_id}: {source.path}", highlight=False, soft_wrap=True)
+    out.print(f"use it with {setting}={entry.model}", highlight=False)
+
+
+@app.command()
 def reset(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -807,6 +979,7 @@ def reset(
     import shutil
 
     settings = _settings()
+    _refuse_while_served(settings, "a reset")
     if not yes:
         typer.confirm(f"Delete everything under {settings.data_dir}?", abort=True)
     for path in (settings.index_dir, settings.images_dir):

@@ -58,6 +58,7 @@ class DocumentPending(PageRAGError):
     """The document's ingestion has not completed (running, or interrupted)."""
 
     http_status = 409
+    exit_code = EXIT_CONFIG  # not the command's fault: try again once ingestion completes
 
 
 class DeletionQueued(PageRAGError):
@@ -322,9 +323,7 @@ class PageRAG:
         library ingested before OCR, or with it off): no re-ingesting. Reads the stored page
         images in the render worker; `on_page(done, total)` after each page checked."""
         if self.settings.ocr_engine == "off":
-            raise PageRAGError(
-                "OCR is off (PAGERAG_OCR_ENGINE=off); set it to rapidocr or tesseract"
-            )
+            raise UserError("OCR is off (PAGERAG_OCR_ENGINE=off); set it to rapidocr or tesseract")
         report = OcrReport()
         with self._writes.held():
             pages = [

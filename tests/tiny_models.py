@@ -215,3 +215,322 @@ def build_tiny_colqwen_adapter(
     if legacy_layout:
         to_legacy_layout(out_dir / "adapter_model.safetensors", prefix="base_model.model.")
     return out_dir
+
+
+# -- Other model families (tests/rag/models/test_families.py) ---------------------------------
+# Each is the family's own config class with a 2-layer, 64-wide text tower and a 1-block vision
+# tower, saved with the family's processor, so `Retriever.load` / `Generator.load` read it the
+# way they read a published checkpoint.
+
+# Idefics3-style processors (ColIdefics3 = ColSmol, ColModernVBert) need these as single tokens.
+IDEFICS3_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|begin_of_text|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<image>",
+    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+)
+# Idefics3-style tiles: 64-pixel tiles of 16-pixel patches (4x4), pixel-shuffled 2x2 into
+# 2x2 = 4 tokens; pages resized to 2 tiles on their longest side.
+TILE = 64
+TILE_TOKENS = 4
+# Qwen3-VL's tokens cover 32x32 pixels (16-pixel patches, merged 2x2).
+QWEN3_MIN_PIXELS = 4 * 32 * 32
+QWEN3_MAX_PIXELS = 64 * 32 * 32
+
+
+def build_tiny_idefics3_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in-process, with the Idefics3 processors' special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(IDEFICS3_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=list(IDEFICS3_TOKENS[1:]),
+        model_max_length=32768,
+    )
+
+
+def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def _qwen_text(tokenizer: PreTrainedTokenizerFast, **extra: object) -> dict[str, object]:
+    ids = _qwen_ids(tokenizer)
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [4, 2, 2]},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        **extra,
+    }
+
+
+def _qwen_vision_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    ids = _qwen_ids(tokenizer)
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def build_tiny_qwen25vl_config(tokenizer: PreTrainedTokenizerFast) -> object:
+    """Qwen2.5-VL: 14-pixel patches, windowed vision attention (one full-attention block)."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=_qwen_text(tokenizer),
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "out_hidden_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [0],
+        },
+        **_qwen_vision_ids(tokenizer),
+    )
+
+
+def _qwen3_vision() -> dict[str, object]:
+    return {
+        "depth": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 64,
+    }
+
+
+def _qwen3_rope() -> dict[str, object]:
+    return {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+
+
+def build_tiny_qwen3vl_config(tokenizer: PreTrainedTokenizerFast) -> object:
+    """Qwen3-VL: 16-pixel patches, DeepStack features from the one vision block."""
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=_qwen_text(tokenizer, head_dim=16, rope_parameters=_qwen3_rope()),
+        vision_config={**_qwen3_vision(), "deepstack_visual_indexes": [0]},
+        **_qwen_vision_ids(tokenizer),
+    )
+
+
+def build_tiny_qwen35_config(tokenizer: PreTrainedTokenizerFast) -> object:
+    """Qwen3.5: one linear-attention (Gated DeltaNet) and one full-attention text layer."""
+    from transformers import Qwen3_5Config
+
+    text = _qwen_text(
+        tokenizer,
+        head_dim=16,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        layer_types=["linear_attention", "full_attention"],
+        rope_parameters={**_qwen3_rope(), "partial_rotary_factor": 1.0},
+    )
+    return Qwen3_5Config(
+        text_config=text, vision_config=_qwen3_vision(), **_qwen_vision_ids(tokenizer)
+    )
+
+
+def _tiled_vision() -> dict[str, object]:
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": TILE,
+        "patch_size": 16,
+    }
+
+
+def build_tiny_idefics3_config(tokenizer: PreTrainedTokenizerFast) -> object:
+    """Idefics3 (SmolVLM's architecture): a Llama text tower, pixel shuffle 2."""
+    from transformers import Idefics3Config
+
+    pad = tokenizer.pad_token_id
+    return Idefics3Config(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "pad_token_id": pad,
+        },
+        vision_config=_tiled_vision(),
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=pad,
+    )
+
+
+def build_tiny_modernvbert_config(tokenizer: PreTrainedTokenizerFast) -> object:
+    """ModernVBert: a ModernBERT text encoder and a SigLIP vision tower, pixel shuffle 2."""
+    from transformers import ModernVBertConfig
+
+    return ModernVBertConfig(
+        text_config={
+            "model_type": "modernbert",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 4096,
+            "pad_token_id": tokenizer.pad_token_id,
+            "global_attn_every_n_layers": 1,
+            "local_attention": 16,
+        },
+        vision_config={"model_type": "siglip_vision_model", **_tiled_vision()},
+        pixel_shuffle_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+
+
+def _qwen3_processor_parts(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    limits = {"min_pixels": QWEN3_MIN_PIXELS, "max_pixels": QWEN3_MAX_PIXELS}
+    return {
+        "image_processor": Qwen2VLImageProcessor(patch_size=16, **limits),
+        "video_processor": Qwen3VLVideoProcessor(patch_size=16),
+        "tokenizer": tokenizer,
+    }
+
+
+def _tiled_processor_parts(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+    from transformers.models.idefics3.image_processing_idefics3 import Idefics3ImageProcessor
+
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE}
+    )
+    return {"image_processor": image_processor, "tokenizer": tokenizer, "image_seq_len": 4}
+
+
+def build_tiny_retriever(family: str, out_dir: Path, seed: int = 0) -> Path:
+    """A random retriever of `family` (a registry name) and its processor, saved."""
+    import colpali_engine.models as colpali
+
+    recipes = {
+        "ColQwen2": ("ColQwen2", "ColQwen2Processor", build_tiny_qwen2vl_config),
+        "ColQwen2.5": ("ColQwen2_5", "ColQwen2_5_Processor", build_tiny_qwen25vl_config),
+        "ColQwen3": ("ColQwen3", "ColQwen3Processor", build_tiny_qwen3vl_config),
+        "ColQwen3.5": ("ColQwen3_5", "ColQwen3_5Processor", build_tiny_qwen35_config),
+        "ColIdefics3": ("ColIdefics3", "ColIdefics3Processor", build_tiny_idefics3_config),
+        "ColModernVBert": (
+            "ColModernVBert",
+            "ColModernVBertProcessor",
+            build_tiny_modernvbert_config,
+        ),
+    }
+    model_name, processor_name, config = recipes[family]
+    torch.manual_seed(seed)
+    tiled = family in ("ColIdefics3", "ColModernVBert")
+    tokenizer = build_tiny_idefics3_tokenizer() if tiled else build_tiny_tokenizer()
+    getattr(colpali, model_name)(config(tokenizer)).save_pretrained(out_dir)
+    if tiled:
+        parts = _tiled_processor_parts(tokenizer)
+    elif family in ("ColQwen3", "ColQwen3.5"):
+        parts = _qwen3_processor_parts(tokenizer)
+    else:
+        parts = build_tiny_processor_parts(tokenizer)
+    getattr(colpali, processor_name)(**parts).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_answerer(family: str, out_dir: Path, seed: int = 0) -> Path:
+    """A random answerer of `family` (a registry name), its processor and chat template."""
+    import transformers
+
+    recipes = {
+        "Qwen2-VL": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+        "Qwen2.5-VL": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+        "Qwen3-VL": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    }
+    configs = {
+        "Qwen2-VL": build_tiny_qwen2vl_config,
+        "Qwen2.5-VL": build_tiny_qwen25vl_config,
+        "Qwen3-VL": build_tiny_qwen3vl_config,
+    }
+    model_name, processor_name = recipes[family]
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    getattr(transformers, model_name)(configs[family](tokenizer)).save_pretrained(out_dir)
+    qwen3 = family == "Qwen3-VL"
+    parts = _qwen3_processor_parts(tokenizer) if qwen3 else build_tiny_processor_parts(tokenizer)
+    processor = getattr(transformers, processor_name)(**parts, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_adapter(base_dir: Path, out_dir: Path, family: str, seed: int = 1) -> Path:
+    """A non-zero LoRA adapter over the retriever in `base_dir`, with the processor files, as
+    vidore publishes its retrievers (colSmol-256M over colSmol-256M-base ...)."""
+    import colpali_engine.models as colpali
+    from peft import LoraConfig, get_peft_model
+
+    names = {"ColIdefics3": ("ColIdefics3", "ColIdefics3Processor", "linear")}
+    model_name, processor_name, projection = names[family]
+    torch.manual_seed(seed)
+    base = getattr(colpali, model_name).from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=4,
+        lora_dropout=0.0,
+        init_lora_weights="gaussian",
+        bias="none",
+        task_type="FEATURE_EXTRACTION",
+        target_modules=f"(.*(text_model).*(q_proj|v_proj).*$|^{projection}$)",
+    )
+    with warnings.catch_warnings():  # peft calls an API transformers 5 deprecated
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        peft_model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    peft_model.save_pretrained(out_dir)
+    adapter_config = out_dir / "adapter_config.json"
+    data = json.loads(adapter_config.read_text())
+    data["base_model_name_or_path"] = str(base_dir)
+    adapter_config.write_text(json.dumps(data, indent=2))
+    getattr(colpali, processor_name).from_pretrained(base_dir).save_pretrained(out_dir)
+    return out_dir

@@ -1,4 +1,10 @@
-"""Qwen2-VL generator: a question and page images in, an answer out, streamed as it is written."""
+"""The local answerer: a question and page images in, an answer out, streamed as it is written.
+
+Any family in `rag.models.registry` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) loads; the checkpoint's
+config.json says which. The families differ in their vision patch (14 pixels for Qwen2/2.5,
+16 for Qwen3) and so in the pixels one visual token covers ((patch * merge)^2: 28x28 or
+32x32); the visual-token budget is counted with the checkpoint's own processor arithmetic.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from rag.answer import TextStream
 from rag.config import Settings
 from rag.errors import UserError
+from rag.models import registry
 from rag.models.device import resolve_device_dtype
 from rag.models.loading import (
     ModelLoadError,
@@ -25,12 +32,14 @@ from rag.models.loading import (
     resolve_model_source,
 )
 from rag.models.protocols import Generated
+from rag.models.registry import Family
 from rag.prompt import PromptPage, Turn, build_messages
 
 if TYPE_CHECKING:
     from PIL import Image
-    from transformers import ProcessorMixin, Qwen2VLForConditionalGeneration
+    from transformers import ProcessorMixin
 
+# `kind` is the answerer's role key too: downloads are tracked under it (rag.service, ui).
 SPEC = ModelSpec(setting="PAGERAG_GENERATOR_MODEL", kind="Qwen2-VL")
 
 
@@ -48,11 +57,11 @@ class GeneratorPage(PromptPage, Protocol):
 
 
 class Generator:
-    """Wraps transformers' Qwen2VLForConditionalGeneration; build it with `Generator.load`."""
+    """Wraps a transformers Qwen-VL generation model; build it with `Generator.load`."""
 
     def __init__(
         self,
-        model: Qwen2VLForConditionalGeneration,
+        model: Any,
         processor: ProcessorMixin,
         *,
         model_id: str,
@@ -65,8 +74,10 @@ class Generator:
         max_new_tokens: int = 512,
         temperature: float = 0.0,
         min_new_tokens: int = 0,  # > 0 forces a fixed length (benchmarks, tests)
+        family: Family | None = None,
     ) -> None:
         self.model = model
+        self.family = family or registry.family_of_model(model, "answerer")
         self.processor = processor
         self.model_id = model_id
         self.revision = revision
@@ -83,16 +94,27 @@ class Generator:
         # attr-defined / operator ignores on `self.processor` in this module are that.
         image_processor = processor.image_processor  # type: ignore[attr-defined]
         self.merge_size = int(image_processor.merge_size)
-        self.pixels_per_token = (int(image_processor.patch_size) * self.merge_size) ** 2  # 28*28
+        # 28*28 for Qwen2-VL and Qwen2.5-VL, 32*32 for Qwen3-VL.
+        self.pixels_per_token = (int(image_processor.patch_size) * self.merge_size) ** 2
         self.image_token_id = int(processor.image_token_id)  # type: ignore[attr-defined]
 
     @classmethod
     def load(cls, settings: Settings) -> Generator:
         device, dtype = resolve_device_dtype(settings)
         source = resolve_model_source(settings.generator_model, settings.generator_revision, SPEC)
+        if source.is_adapter:
+            raise SPEC.error(
+                source.model_id,
+                "it is a PEFT adapter; merge it into its base model and point to the result",
+            )
+        family = registry.detect_family(source.model_id, source.path, "answerer")
+        model = _load_model(source, family, device, dtype)
+        processor = _load_processor(source, family)
+        _check_patches(model, processor, source.model_id, family)
         return cls(
-            _load_model(source, device, dtype),
-            _load_processor(source),
+            model,
+            processor,
+            family=family,
             model_id=source.model_id,
             revision=source.revision,
             device=device,
@@ -131,7 +153,7 @@ class Generator:
             patches = self.processor.image_processor.get_number_of_image_patches(  # type: ignore[attr-defined]
                 height, width, {"min_pixels": min_px, "max_pixels": max_px}
             )
-        except ValueError as exc:  # Qwen2-VL refuses aspect ratios over 200:1
+        except ValueError as exc:  # the Qwen-VL processors refuse aspect ratios over 200:1
             raise GenerationError(f"a {width}x{height} page image cannot be shown: {exc}") from exc
         return int(patches) // self.merge_size**2
 
@@ -303,43 +325,59 @@ def _open(image: str | Path | Image.Image) -> Image.Image:
         ) from exc
 
 
-def _load_model(
-    source: ModelSource, device: torch.device, dtype: torch.dtype
-) -> Qwen2VLForConditionalGeneration:
-    from transformers import Qwen2VLForConditionalGeneration
+def _spec(family: Family) -> ModelSpec:
+    """Errors once the family is known name it ("Cannot load the Qwen3-VL model ...")."""
+    return ModelSpec(setting=SPEC.setting, kind=family.name)
 
-    if source.is_adapter:
-        raise SPEC.error(
-            source.model_id,
-            "it is a PEFT adapter; merge it into its base model and point to the result",
-        )
-    # A ColQwen2 (or other embedding) checkpoint would load too, with a random LM head.
+
+def _load_model(
+    source: ModelSource, family: Family, device: torch.device, dtype: torch.dtype
+) -> Any:
+    # A backbone without its LM head (an embedding checkpoint) would load, with a random head.
     return load_checkpoint(
-        Qwen2VLForConditionalGeneration,
+        family.load_class(),
         source,
         device,
         dtype,
-        SPEC,
-        required="lm_head",
-        what="Qwen2-VL generation",
+        _spec(family),
+        required=family.weights,
+        what=f"{family.name} generation",
     )
 
 
-def _load_processor(source: ModelSource) -> ProcessorMixin:
+def _load_processor(source: ModelSource, family: Family) -> ProcessorMixin:
     from transformers import AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(str(source.path))
     except (OSError, ValueError, TypeError) as exc:
-        raise SPEC.error(source.model_id, f"its processor does not load: {exc}") from exc
+        raise _spec(family).error(source.model_id, f"its processor does not load: {exc}") from exc
     if not getattr(processor, "image_processor", None) or not getattr(
         processor, "chat_template", None
     ):
-        raise SPEC.error(
+        raise _spec(family).error(
             source.model_id,
             "its processor has no image processor or chat template (use an -Instruct checkpoint)",
         )
     return processor
+
+
+def _check_patches(model: Any, processor: Any, model_id: str, family: Family) -> None:
+    """The processor must cut pages into the patches the vision tower was built for: the
+    token budget is counted with the processor's sizes, and a mismatch would fail or
+    overflow it only at the first question."""
+    vision = model.config.vision_config
+    model_sizes = (int(vision.patch_size), int(vision.spatial_merge_size))
+    image_processor = processor.image_processor
+    processor_sizes = (int(image_processor.patch_size), int(image_processor.merge_size))
+    if model_sizes != processor_sizes:
+        raise _spec(family).error(
+            model_id,
+            f"its processor cuts {processor_sizes[0]}-pixel patches merged {processor_sizes[1]}"
+            f"x{processor_sizes[1]}, but its vision tower expects {model_sizes[0]}-pixel patches "
+            f"merged {model_sizes[1]}x{model_sizes[1]}; restore the checkpoint's processor files "
+            "(preprocessor_config.json or processor_config.json)",
+        )
 
 
 __all__ = ["Generated", "GenerationError", "Generator", "ModelLoadError", "Stream"]

@@ -154,3 +154,30 @@ def test_tesseract_reads_the_scan_too(tmp_path: Path) -> None:
     image: Image.Image = pdf[0].render(scale=2).to_pil()
     pdf.close()
     assert WORD in Tesseract().read(image, 60)
+
+
+def test_pagerag_ocr_reads_the_scans_of_an_existing_library(
+    scans: Path, tmp_path: Path, tiny_colqwen_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+
+    for name, value in {
+        "PAGERAG_DATA_DIR": str(tmp_path / "data"),
+        "PAGERAG_RETRIEVER_MODEL": str(tiny_colqwen_dir),
+        "PAGERAG_DEVICE": "cpu",
+        "PAGERAG_MAX_VISUAL_TOKENS": "32",
+        "PAGERAG_OCR_ENGINE": "off",
+    }.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(scans)]).exit_code == 0
+    refused = runner.invoke(app, ["ocr"])
+    assert refused.exit_code == 3 and "PAGERAG_OCR_ENGINE=off" in refused.output
+    monkeypatch.setenv("PAGERAG_OCR_ENGINE", "rapidocr")
+    done = runner.invoke(app, ["ocr", "--json"])
+    assert done.exit_code == 0, done.output
+    assert '"read": 1' in done.output and '"checked": 2' in done.output
+    found = runner.invoke(app, ["search", WORD, "--mode", "text", "--json"])
+    assert found.exit_code == 0 and "scan.pdf" in found.output

@@ -18,7 +18,7 @@ from rag.service import DeletionQueued, DocumentPending, PageRAGError
 from ui.actions import problem
 
 CASES = [
-    (PageRAGError("x"), 400, 3),
+    (PageRAGError("x"), 400, 2),  # bad usage: an empty question, an unknown id
     (DocumentPending("x"), 409, 3),
     (DeletionQueued("ab" * 32, 1.0), 400, 3),
     (HeatmapError("x"), 400, 3),
