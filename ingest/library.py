@@ -82,6 +82,21 @@ class Library:
                 remaining = self.manifest.sources(previous)
                 self.index.set_sources(previous, remaining[0], remaining)
 
+    def update(
+        self, doc_id: str, *, title: str | None = None, tags: tuple[str, ...] | None = None
+    ) -> None:
+        """A new title and/or tags: on every page's payload (search filters by the tags at
+        once), then in the manifest (the listing)."""
+        fields: dict[str, object] = {}
+        if title is not None:
+            fields["title"] = title
+        if tags is not None:
+            fields["tags"] = sorted(tags)
+        if fields:
+            self.index.set_document_fields(doc_id, fields)
+            self.index.flush()
+            self.manifest.update(doc_id, title=title, tags=tags)
+
     def remove(self, doc_id: str) -> None:
         """Delete a document's points, page images and manifest rows (index first: a crash
         midway leaves manifest rows that a later delete or ingest cleans up)."""

@@ -109,6 +109,17 @@ class Manifest:
                 (doc_id, title, pages, size, kind, json.dumps(sorted(tags)), now()),
             )
 
+    def update(
+        self, doc_id: str, *, title: str | None = None, tags: tuple[str, ...] | None = None
+    ) -> None:
+        """Change a document's title and/or tags (None leaves one as it is)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE documents SET title = COALESCE(?, title), tags = COALESCE(?, tags)"
+                " WHERE doc_id = ?",
+                (title, None if tags is None else json.dumps(sorted(tags)), doc_id),
+            )
+
     def finish(self, doc_id: str, pages: int | None = None) -> None:
         """Mark the document done; `pages`: the count actually stored (pages skipped or past
         a budget are not), which the listing shows."""

@@ -747,6 +747,28 @@ def docs_delete(
     out.print(f"deleted {info.doc_id[:12]} ({source}, {_plural(info.pages, 'page')})")
 
 
+@docs_app.command("edit")
+def docs_edit(
+    doc_id: Annotated[
+        str,
+        typer.Argument(help="A document id, or a unique prefix of one.", callback=_doc_prefixes),
+    ],
+    title: Annotated[str | None, typer.Option("--title", help="A new title.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", metavar="TAG", help="The tags from now on (repeatable)."),
+    ] = None,
+    no_tags: Annotated[bool, typer.Option("--no-tags", help="Remove every tag.")] = False,
+) -> None:
+    """Change a document's title or tags after ingestion; search filters by the new tags."""
+    if title is None and tag is None and not no_tags:
+        _die("nothing to change: give --title, --tag or --no-tags", EXIT_USAGE)
+    with _opened() as service:
+        d = service.update_document(doc_id, title=title, tags=[] if no_tags else tag)
+    tags = ", ".join(d.tags) or "no tags"
+    out.print(escape(f"{d.doc_id[:12]} {d.source}: {d.title!r}, {tags}"), highlight=False)
+
+
 @app.command()
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,

@@ -155,6 +155,10 @@ class Service(Protocol):
 
     def delete(self, doc_id: str, timeout: float | None = None) -> DocumentInfo: ...
 
+    def update_document(
+        self, doc_id: str, *, title: str | None = None, tags: Sequence[str] | None = None
+    ) -> DocumentInfo: ...
+
     def info(self) -> ServiceInfo: ...
 
     def search_mode(self, mode: str | None = None) -> SearchMode: ...
@@ -270,6 +274,16 @@ class RemotePageRAG:
             raise ServerFailed(_cli_words(response.json()["detail"]))
         return _document(response.json()["deleted"])
 
+    def update_document(
+        self, doc_id: str, *, title: str | None = None, tags: Sequence[str] | None = None
+    ) -> DocumentInfo:
+        body: dict[str, Any] = {}
+        if title is not None:
+            body["title"] = title
+        if tags is not None:
+            body["tags"] = list(tags)
+        return _document(self._call("PATCH", f"/documents/{doc_prefix(doc_id)}", json=body).json())
+
     def info(self) -> ServiceInfo:
         status = self._call("GET", "/status").json()
         return ServiceInfo(**{f.name: status[f.name] for f in fields(ServiceInfo)})
@@ -372,6 +386,8 @@ class RemotePageRAG:
                 image=self._image(c["doc_id"], c["page"]),
                 label=c["label"],
                 cited=c["cited"],
+                boxes=tuple(tuple(b) for b in c.get("boxes", ())),
+                regions=tuple(tuple(r) for r in c.get("regions", ())),
             )
             for c in data["citations"]
         ]

@@ -44,6 +44,7 @@ from rag.types import (
 from rag.writelock import Deletion, WriteLock
 
 EMBEDDING_DIM = 128
+MAX_TITLE, MAX_TAG, MAX_TAGS = 300, 64, 32  # a document's title and tags, as users set them
 
 log = logging.getLogger(__name__)
 
@@ -616,6 +617,30 @@ class PageRAG:
         if not deletion.wait(wait):
             raise DeletionQueued(info.doc_id, wait)
         return info
+
+    def update_document(
+        self, doc_id: str, *, title: str | None = None, tags: Sequence[str] | None = None
+    ) -> DocumentInfo:
+        """Change a complete document's title and/or tags (None keeps one; `tags=[]` clears
+        them). Search filters by the new tags at once; re-ingesting the file keeps them."""
+        full = self.document(doc_id).doc_id  # DocumentPending while it is being ingested
+        if title is not None:
+            title = " ".join(title.split())
+            if not title or len(title) > MAX_TITLE:
+                raise PageRAGError(f"a title needs 1 to {MAX_TITLE} characters")
+        cleaned = None
+        if tags is not None:
+            cleaned = tuple(sorted({t.strip() for t in tags if t.strip()}))
+            bad = [t for t in cleaned if len(t) > MAX_TAG or not t.isprintable()]
+            if bad or len(cleaned) > MAX_TAGS:
+                raise PageRAGError(
+                    f"give at most {MAX_TAGS} tags of 1 to {MAX_TAG} printable characters"
+                    + (f" (not {bad[0][:20]!r})" if bad else "")
+                )
+        # No write lock: an ingestion never writes a complete document's points (a changed
+        # file is a new document; a copy only adds sources), so this need not wait for it.
+        self.library.update(full, title=title, tags=cleaned)
+        return self.document(full)
 
     def request_delete(self, doc_id: str) -> tuple[DocumentInfo, Deletion]:
         """Queue a deletion (run at once when nothing is being written); never blocks."""

@@ -84,6 +84,10 @@ class PageIndex(Protocol):
         """Replace one page's text and its BM25 vector; `origin` is "pdf" or "ocr"."""
         ...
 
+    def set_document_fields(self, doc_id: str, fields: dict[str, Any]) -> None:
+        """Set payload fields (title, tags) on every page of a document."""
+        ...
+
     def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
         """Update the paths a document is known under (same content seen under another name)."""
         ...

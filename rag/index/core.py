@@ -148,6 +148,9 @@ class QdrantIndex(ABC):
     def set_sources(self, doc_id: str, source: str, sources: Sequence[str]) -> None:
         self._set_payload(schema.source_payload(source, sources), doc_where(doc_id))
 
+    def set_document_fields(self, doc_id: str, fields: dict[str, Any]) -> None:
+        self._set_payload(fields, doc_where(doc_id))
+
     def delete_document(self, doc_id: str) -> None:
         self._delete(doc_where(doc_id))
 

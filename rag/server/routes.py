@@ -43,6 +43,7 @@ from rag.server.schemas import (
     AskIn,
     DeletedOut,
     DocumentOut,
+    DocumentPatch,
     DocumentsOut,
     JobOut,
     JobsOut,
@@ -254,6 +255,24 @@ def get_document(doc_id: DocId, request: Request, service: ServiceDep) -> Docume
         return document_out(request, service.document(doc_id))
     except DocumentPending as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, api_words(str(exc))) from exc
+
+
+@router.patch(
+    "/documents/{doc_id}",
+    operation_id="updateDocument",
+    tags=["documents"],
+    responses=errors(400, 404, 409, 422),
+)
+def update_document(
+    doc_id: DocId, body: DocumentPatch, request: Request, service: ServiceDep
+) -> DocumentOut:
+    """Change a document's title and/or tags after ingestion; search filters by the new tags
+    at once. A field left out stays as it is; `"tags": []` clears the tags."""
+    try:
+        info = service.update_document(doc_id, title=body.title, tags=body.tags)
+    except DocumentPending as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, api_words(str(exc))) from exc
+    return document_out(request, info)
 
 
 @router.delete(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Request
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from rag.config import SearchMode
 from rag.ids import DOC_ID_LENGTH, DOC_PREFIX_PATTERN, MIN_PREFIX, IdError, doc_prefix
@@ -157,6 +157,15 @@ class AskIn(QuestionIn):
     )
 
 
+PixelBox = Annotated[
+    tuple[int, int, int, int],
+    Field(
+        description="[x1, y1, x2, y2]: top-left and bottom-right corners, in pixels of the "
+        "page image at image_url"
+    ),
+]
+
+
 class CitationOut(BaseModel):
     label: int = Field(description="The `[n]` the answer uses for this page")
     cited: bool = Field(description="The answer refers to this page")
@@ -165,6 +174,14 @@ class CitationOut(BaseModel):
     page: int
     score: float
     image_url: str
+    boxes: list[PixelBox] = Field(
+        default_factory=list, description="Where the answer boxed its evidence on this page"
+    )
+    regions: list[PixelBox] = Field(
+        default_factory=list,
+        description="The regions of this page sent to the model as full-resolution crops, "
+        "beside the page (the parts that matched the question best)",
+    )
 
 
 class AnswerOut(BaseModel):
@@ -195,6 +212,17 @@ class DocumentsOut(BaseModel):
 
 class DeletedOut(BaseModel):
     deleted: DocumentOut
+
+
+class DocumentPatch(BaseModel):
+    """What to change; a field left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, min_length=1, max_length=300, description="A new title")
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=32, description="The document's tags from now on (`[]` clears them)"
+    )
 
 
 class FileResultOut(BaseModel):
@@ -370,6 +398,8 @@ def citation_out(request: Request, c: Citation) -> CitationOut:
         page=c.page,
         score=c.score,
         image_url=image_url(request, c.doc_id, c.page),
+        boxes=list(c.boxes),
+        regions=list(c.regions),
     )
 
 

@@ -463,6 +463,7 @@ OPERATIONS = {
     ("post", "/api/v1/documents"): "uploadDocuments",
     ("get", "/api/v1/documents/{doc_id}"): "getDocument",
     ("delete", "/api/v1/documents/{doc_id}"): "deleteDocument",
+    ("patch", "/api/v1/documents/{doc_id}"): "updateDocument",
     ("get", "/api/v1/jobs"): "listJobs",
     ("get", "/api/v1/jobs/{job_id}"): "getJob",
     ("get", "/api/v1/documents/{doc_id}/pages/{page}/image"): "pageImage",
@@ -486,6 +487,7 @@ def test_openapi_names_each_operation_and_declares_what_it_answers(client: TestC
     assert codes("post", f"{API}/ask") == codes("post", f"{API}/ask/stream") == {"200"} | model
     assert codes("post", f"{API}/documents") == {"202", "400", "408", "413", "415", "429", "507"}
     assert codes("get", f"{API}/documents/{{doc_id}}") == {"200", "404", "409", "422"}
+    assert codes("patch", f"{API}/documents/{{doc_id}}") == {"200", "400", "404", "409", "422"}
     assert codes("get", f"{API}/jobs/{{job_id}}") == {"200", "404", "422"}
     heatmap = f"{API}/documents/{{doc_id}}/pages/{{page}}/heatmap"
     assert codes("get", heatmap) >= {"200", "404", "409", "429", "503", "504"}

@@ -312,6 +312,20 @@ def test_set_sources_moves_the_prefix_match(index: PageIndex, corpus: Corpus) ->
     assert index.page_ids(D) == list(range(1, DOCS[D][3] + 1))  # vectors untouched
 
 
+def test_document_fields_change_on_every_page_and_filter_at_once(
+    index: PageIndex, corpus: Corpus
+) -> None:
+    index.set_document_fields(F, {"title": "Notes, renamed", "tags": ["finance", "q3"]})
+    assert index.count(SearchFilter(tags=("q3",))) == DOCS[F][3]
+    assert index.count(SearchFilter(tags=("finance",))) == DOCS[D][3] + DOCS[E][3] + DOCS[F][3]
+    assert index.count(SearchFilter(tags=("misc",))) == 0
+    hits = index.search(corpus.queries[0], 50, SearchFilter(doc_ids=(F,)))
+    assert len(hits) == DOCS[F][3] and {h.title for h in hits} == {"Notes, renamed"}
+    assert {h.title for h in index.search(corpus.queries[0], 50, SearchFilter(doc_ids=(D,)))} != {
+        "Notes, renamed"
+    }  # other documents untouched
+
+
 # -- vectors, metadata, persistence ---------------------------------------------------------
 
 
