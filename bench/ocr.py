@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--dpi", type=int, default=144)
     parser.add_argument("--pages", type=int, default=36)
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--engines", default=",".join(e for e in ENGINES if e != "auto"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 

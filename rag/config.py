@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Total visual tokens over all pages of one question: with more pages each page gets fewer
     # pixels, so the prompt (and the GPU memory it needs) stays bounded.
     visual_token_budget: int = Field(default=3072, ge=64)
+    # Beside each page, a crop of the region that matched the question best, at the stored
+    # image's full resolution (small print); its tokens come out of the budget above.
+    answer_crops: bool = True
     max_new_tokens: int = Field(default=512, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = greedy decoding
     # Or answers from an OpenAI-compatible chat server (vLLM, Ollama, llama.cpp, LM Studio, a
@@ -121,7 +124,7 @@ class Settings(BaseSettings):
     render_timeout_s: float = Field(default=60.0, gt=0)  # per page, OCR included
     # OCR (ingest/ocr.py) for pages whose text layer has fewer than `ocr_min_chars` visible
     # characters (scans, text drawn as images): the text feeds text and hybrid search.
-    ocr_engine: Literal["rapidocr", "tesseract", "off"] = "rapidocr"
+    ocr_engine: Literal["auto", "rapidocr", "tesseract", "off"] = "auto"
     ocr_min_chars: int = Field(default=20, ge=1)
     render_memory_mb: int = Field(default=4096, ge=0)  # 0 = no limit
     render_max_pixels: int = Field(default=16_000_000, ge=10_000)  # per page; larger renders shrink

@@ -28,11 +28,14 @@ SYSTEM = f"""You answer questions about documents using only the page images you
 instead of guessing or using outside knowledge.
 - Cite the pages you use by their labels in square brackets, like [1] or [2][3], right after \
 the statement they support.
+- Right after a citation, box the part of that page it rests on, like [2](120,340),(560,400): \
+its top-left and bottom-right corners, x across and y down the whole page, from 0 to 1000.
 - {DATA_NOT_INSTRUCTIONS}
 - Be concise and quote numbers exactly as printed."""
 
 # [1], [2][3] (two matches), [1, 2], [1; 2]
 _LABELS = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
+LABELS = _LABELS  # rag.boxes ties boxes to them
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f<>]+")  # newlines and tag characters could fake a delimiter
 # Chat-template markers (<|im_start|>, <|im_end|>, <|image_pad|>, ...) written in text are read
 # by the tokenizer as the special tokens themselves: a question or an earlier answer (which a
@@ -87,6 +90,7 @@ def build_messages(
                 "text": f"{PAGE_OPEN.format(n=n)}\n{page_label(n, page.source, page.page)}\n",
             },
             {"type": "image"},
+            *_crops(n, page),
             {"type": "text", "text": f"\n{PAGE_CLOSE.format(n=n)}\n"},
         ]
     content.append(
@@ -98,6 +102,24 @@ def build_messages(
     )
     messages.append({"role": "user", "content": content})
     return messages
+
+
+def _crops(n: int, page: PromptPage) -> list[dict[str, str]]:
+    """An image entry per crop of page `n` (`rag.crops.ShownPage.regions`), each named by its
+    region in the page's 0-1000 coordinates, so boxes still refer to the whole page."""
+    width, height = getattr(page, "size", (0, 0))
+    parts = []
+    for x1, y1, x2, y2 in getattr(page, "regions", ()):
+        where = (
+            f": the region ({x1 * 1000 // width},{y1 * 1000 // height}),"
+            f"({-(-x2 * 1000 // width)},{-(-y2 * 1000 // height)}) of it"
+            if width and height
+            else ""
+        )
+        text = f"\nA crop of page [{n}] at full resolution, for small print{where}. "
+        parts += [{"type": "text", "text": f"{text}Cite and box page [{n}] itself.\n"}]
+        parts += [{"type": "image"}]
+    return parts
 
 
 def parse_citations(text: str, n_pages: int) -> set[int]:

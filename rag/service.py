@@ -20,7 +20,9 @@ from ingest.render import RenderError, RenderLimits
 from ingest.runner import IngestProgress, IngestRunner
 from ingest.sandbox import RenderSandbox
 from rag.answer import AnswerStream
+from rag.boxes import BoxFilter, page_boxes, parse
 from rag.config import SEARCH_MODES, SearchMode, Settings
+from rag.crops import ShownPage, crop_limit, shown_page
 from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import IdError, doc_prefix
 from rag.index import open_index
@@ -258,7 +260,9 @@ class PageRAG:
             memory_mb=s.render_memory_mb,
             ocr=None
             if s.ocr_engine == "off"
-            else OcrOptions(s.ocr_engine, s.ocr_min_chars, s.render_timeout_s),
+            # Tesseract stops at 3/4 of the page's time, so the page is still indexed (without
+            # OCR text) rather than skipped when the worker's page timeout hits.
+            else OcrOptions(s.ocr_engine, s.ocr_min_chars, s.render_timeout_s * 0.75),
         )
 
     def ingest(
@@ -384,8 +388,11 @@ class PageRAG:
         k: int = 5,
         filters: SearchFilter | None = None,
         mode: SearchMode | None = None,
+        *,
+        vectors: Any = None,
     ) -> list[Hit]:
-        """The `k` best pages for `query`, best first.
+        """The `k` best pages for `query`, best first (`vectors`: its multivector, when the
+        caller embedded it already).
 
         `mode` (default PAGERAG_SEARCH_MODE): "visual" ranks by ColQwen2 MaxSim (scores are
         MaxSim), "text" by BM25 over the pages' text layers (BM25 scores; the retriever model is
@@ -400,7 +407,7 @@ class PageRAG:
         filters = self._visible(filters)
         if mode == "text":
             return self.index.search_text(query, k, filters)
-        vectors = self._embed_query(query)
+        vectors = self._embed_query(query) if vectors is None else vectors
         if mode == "visual":
             return self.index.search(vectors, k, filters)
         weight = self.settings.hybrid_text_weight
@@ -496,32 +503,60 @@ class PageRAG:
         if mode != "text":  # text search needs no retriever model
             self.retriever  # noqa: B018 - load first, so retrieval_seconds is the search alone
         started = time.perf_counter()
-        hits = self.search(question, k, filters, mode)
+        # Crops come from the question's similarity maps, so it is embedded once, here.
+        crops = self.settings.answer_crops and mode != "text"
+        query = self._embed_query(question) if crops else None
+        hits = self.search(question, k, filters, mode, vectors=query)
         retrieval_seconds = time.perf_counter() - started
         if not hits:
             return self._no_pages(question, filters)
         if retrieved is not None:  # the pages, before the model loads and reads them
             retrieved.extend(_citation(hit, n, False) for n, hit in enumerate(hits, 1))
         yield ""  # retrieval has ended (`AnswerStream.steps`; iterating skips it)
+        pages = self._shown(hits, query)
         generator = self.generator
+        shown = BoxFilter()  # box markup never reaches the reader
         with self._model_lock:
-            stream = generator.stream(question, hits, history)
+            stream = generator.stream(question, pages, history)
             try:
-                yield from stream
+                for chunk in stream:
+                    if text := shown.feed(chunk):
+                        yield text
             finally:
                 stream.close()
+        if text := shown.flush():
+            yield text
         result = stream.result
         assert result is not None
-        cited = parse_citations(result.text, len(hits))
+        parsed = parse(result.text, len(hits))
+        cited = parse_citations(shown.sent, len(hits))
         return Answer(
             question=question,
-            text=result.text,
-            citations=[_citation(hit, n, n in cited) for n, hit in enumerate(hits, 1)],
+            text=shown.sent,
+            citations=[
+                _citation(page, n, n in cited, parsed.boxes.get(n, ()))
+                for n, page in enumerate(pages, 1)
+            ],
             retrieval_seconds=retrieval_seconds,
             generation_seconds=result.seconds,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
         )
+
+    def _shown(self, hits: list[Hit], query: Any) -> list[ShownPage]:
+        """The pages as the answerer gets them: with a region crop each, from the question's
+        similarity map over the stored vectors, when `query` is given (PAGERAG_ANSWER_CROPS)."""
+        s = self.settings
+        limit = crop_limit(s.visual_token_budget, s.gen_max_pixels, len(hits))
+        return [
+            shown_page(
+                hit,
+                query,
+                None if query is None else self.index.page_vectors(hit.doc_id, hit.page),
+                limit,
+            )
+            for hit in hits
+        ]
 
     def _no_pages(self, question: str, filters: SearchFilter | None) -> Answer:
         if not self.index.count(self._visible(None)):
@@ -697,7 +732,11 @@ def _load_reason(exc: Exception, which: str, settings: Settings) -> str:
     )
 
 
-def _citation(hit: Hit, label: int, cited: bool) -> Citation:
+def _citation(
+    hit: Hit, label: int, cited: bool, boxes: Sequence[tuple[int, int, int, int]] = ()
+) -> Citation:
+    """`boxes` in 0-1000 units; a `ShownPage` knows its image's size and its regions."""
+    shown = hit if isinstance(hit, ShownPage) else None
     return Citation(
         doc_id=hit.doc_id,
         source=hit.source,
@@ -706,6 +745,8 @@ def _citation(hit: Hit, label: int, cited: bool) -> Citation:
         image=hit.image,
         label=label,
         cited=cited,
+        boxes=page_boxes(boxes, shown.size) if shown else (),
+        regions=shown.regions if shown else (),
     )
 
 

@@ -175,6 +175,10 @@ class Citation:
     image: str
     label: int  # 1-based, as in the prompt: [1], [2], ...
     cited: bool  # the answer refers to this label
+    # (x1, y1, x2, y2) in pixels of the stored page image: where the answer boxed its evidence
+    # (`rag.boxes`), and the regions sent to the answerer as full-resolution crops (`rag.crops`).
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
+    regions: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

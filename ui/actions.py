@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.boxes import draw_boxes
 from rag.config import SearchMode
 from rag.errors import UserError
 from rag.heatmap import page_heatmaps
@@ -256,6 +257,7 @@ def _page(c: Citation) -> dict[str, Any]:
         "image": c.image,
         "label": c.label,
         "cited": c.cited,
+        "boxes": [list(b) for b in c.boxes],  # where the answer boxed its evidence (pixels)
     }
 
 
@@ -281,7 +283,7 @@ def gallery(
         for p in pages
     ]
     if not show_map or not pages:
-        return [(p["image"], c) for p, c in zip(pages, captions, strict=True)]
+        return [(_boxed(p["image"], p), c) for p, c in zip(pages, captions, strict=True)]
     keys = [(p["doc_id"], p["page"]) for p in pages]
     if ticket is None:
         assert work is not None, "similarity maps need the model: pass work= or ticket="
@@ -289,7 +291,15 @@ def gallery(
             maps = page_heatmaps(service, question, keys)
     else:
         maps = page_heatmaps(service, question, keys)
-    return [(m.image, c + " · similarity map") for m, c in zip(maps, captions, strict=True)]
+    return [
+        (_boxed(m.image, p), c + " · similarity map")
+        for m, p, c in zip(maps, pages, captions, strict=True)
+    ]
+
+
+def _boxed(image: Any, page: dict[str, Any]) -> Any:
+    """The page (path or image) with the answer's evidence boxes drawn on a copy, if any."""
+    return draw_boxes(image, page["boxes"]) if page.get("boxes") else image
 
 
 # -- library ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from rag.answer import TextStream
 from rag.config import Settings
+from rag.crops import page_crops
 from rag.errors import UserError
 from rag.models import registry
 from rag.models.device import resolve_device_dtype
@@ -126,21 +127,29 @@ class Generator:
             temperature=settings.temperature,
         )
 
-    def pixel_limits(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    def pixel_limits(
+        self, sizes: Sequence[tuple[int, int]], crops: Sequence[tuple[int, int]] = ()
+    ) -> tuple[int, int]:
         """(min_pixels, max_pixels) per page so that the pages' tokens fit the budget together.
 
-        `sizes` are (width, height). The even share of the budget is exact for ordinary pages;
-        rounding to whole 28x28 patches can overshoot for extreme aspect ratios, so the count
-        is checked with the processor's own arithmetic and the cap lowered until it fits.
+        `sizes` are (width, height); `crops` are images sent beside them (`rag.crops`), which
+        the same limits resize: a crop under the cap stays at its full resolution, and the
+        pages' share is what the crops leave (at least half the budget). The even share of
+        the budget is exact for ordinary pages; rounding to whole 28x28 patches can overshoot
+        for extreme aspect ratios, so the count is checked with the processor's own arithmetic
+        and the cap lowered until it fits.
         """
         if not sizes:
             return self.min_pixels, self.max_pixels
         budget = self.visual_token_budget
-        tokens = min(self.max_pixels // self.pixels_per_token, budget // len(sizes))
+        reserved = sum(w * h for w, h in crops) // self.pixels_per_token
+        share = max(budget - reserved, budget // 2) // len(sizes)
+        tokens = min(self.max_pixels // self.pixels_per_token, share)
         while tokens >= 1:
             max_px = tokens * self.pixels_per_token
             min_px = min(self.min_pixels, max_px)
-            if sum(self._image_tokens(w, h, min_px, max_px) for w, h in sizes) <= budget:
+            images = [*sizes, *crops]
+            if sum(self._image_tokens(w, h, min_px, max_px) for w, h in images) <= budget:
                 return min_px, max_px
             tokens = min(tokens - 1, tokens * 9 // 10)
         raise GenerationError(
@@ -161,8 +170,13 @@ class Generator:
         self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()
     ) -> dict[str, Any]:
         """The processor's tensors (on the model's device) for the question and the pages."""
-        images = [_open(p.image) for p in pages]
-        min_px, max_px = self.pixel_limits([im.size for im in images])
+        opened = [_open(p.image) for p in pages]
+        crops = [page_crops(p, im) for p, im in zip(pages, opened, strict=True)]
+        min_px, max_px = self.pixel_limits(
+            [im.size for im in opened], [c.size for cs in crops for c in cs]
+        )
+        # In the order of the prompt's image entries: each page, then its crops.
+        images = [im for page, cs in zip(opened, crops, strict=True) for im in (page, *cs)]
         text = self.processor.apply_chat_template(  # type: ignore[attr-defined]
             build_messages(question, pages, history), tokenize=False, add_generation_prompt=True
         )

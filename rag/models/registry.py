@@ -73,8 +73,12 @@ class Cost:
 
     device: str  # e.g. "NVIDIA H200, bfloat16"
     pages_per_second: float | None = None  # retrievers: embedding throughput
-    answer_seconds: float | None = None  # answerers: a 3-page answer of ~200 tokens
-    peak_memory_gb: float | None = None
+    query_seconds: float | None = None  # retrievers: embedding one question
+    prefill_tokens_per_second: float | None = None  # answerers: 3 pages, vision tower included
+    decode_tokens_per_second: float | None = None  # answerers
+    answer_seconds: float | None = None  # answerers: a 3-page answer of ~200 tokens (time to
+    # the first token + 199 tokens at the decode rate)
+    peak_memory_gb: float | None = None  # peak RSS (CPU) or device memory of load + run
     command: str = ""  # what reproduces them
 
 
@@ -245,6 +249,17 @@ FAMILIES: tuple[Family, ...] = (
 _EN = ("en",)
 _QWEN_LANGUAGES = ("en", "zh", "multilingual")
 
+
+def _cpu(**figures: float) -> Cost:
+    """Measured by bench/models.py on a shared 2-core CPU (docs/BENCHMARKS.md, "Models: cost on
+    this CPU"): the full-size architecture with random weights, loaded as PageRAG loads it."""
+    return Cost(
+        device="2-core AMD EPYC CPU, float32",
+        command="nice -n 19 python bench/models.py --json models.json --markdown",
+        **figures,
+    )
+
+
 MODELS: tuple[ModelDescription, ...] = (
     # Retrievers.
     ModelDescription(
@@ -258,6 +273,7 @@ MODELS: tuple[ModelDescription, ...] = (
         visual_tokens=768,
         languages=_EN,
         description="ColQwen2 on Qwen2-VL-2B; PageRAG's default, the reference for its figures",
+        cost=_cpu(pages_per_second=0.0175, query_seconds=1.58, peak_memory_gb=13.1),
         base_model="vidore/colqwen2-base",
         default=True,
     ),
@@ -272,6 +288,7 @@ MODELS: tuple[ModelDescription, ...] = (
         visual_tokens=768,
         languages=_EN,
         description="ColQwen2.5 on Qwen2.5-VL-3B; a little better on ViDoRe, non-commercial base",
+        cost=_cpu(pages_per_second=0.0163, query_seconds=3.33, peak_memory_gb=20.8),
         base_model="vidore/colqwen2.5-base",
     ),
     ModelDescription(
@@ -285,6 +302,7 @@ MODELS: tuple[ModelDescription, ...] = (
         visual_tokens=1088,  # up to 4x4 tiles of 64 tokens + the global image
         languages=_EN,
         description="ColSmol on SmolVLM-256M: runs on a laptop CPU, weaker retrieval",
+        cost=_cpu(pages_per_second=0.0427, query_seconds=0.12, peak_memory_gb=2.6),
         base_model="vidore/colSmol-256M-base",
     ),
     ModelDescription(
@@ -311,6 +329,7 @@ MODELS: tuple[ModelDescription, ...] = (
         visual_tokens=1088,
         languages=_EN,
         description="ColModernVBert: a 250M bidirectional encoder, the fastest on a CPU",
+        cost=_cpu(pages_per_second=0.0485, query_seconds=0.14, peak_memory_gb=2.6),
     ),
     ModelDescription(
         model="TomoroAI/tomoro-colqwen3-embed-4b",
@@ -347,6 +366,12 @@ MODELS: tuple[ModelDescription, ...] = (
         visual_tokens=1024,
         languages=_QWEN_LANGUAGES,
         description="PageRAG's default answerer: fits an 8 GB GPU",
+        cost=_cpu(
+            prefill_tokens_per_second=8.5,
+            decode_tokens_per_second=1.64,
+            answer_seconds=576,
+            peak_memory_gb=13.1,
+        ),
         default=True,
     ),
     ModelDescription(
@@ -392,6 +417,12 @@ MODELS: tuple[ModelDescription, ...] = (
         visual_tokens=784,  # 32x32-pixel tokens: the default pixel cap makes fewer of them
         languages=_QWEN_LANGUAGES,
         description="Qwen3-VL 2B: the newest small Qwen answerer",
+        cost=_cpu(
+            prefill_tokens_per_second=9.9,
+            decode_tokens_per_second=1.31,
+            answer_seconds=461,
+            peak_memory_gb=12.7,
+        ),
     ),
     ModelDescription(
         model="Qwen/Qwen3-VL-4B-Instruct",

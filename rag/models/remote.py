@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from rag.answer import TextStream
+from rag.crops import crop_pixels, page_crops
 from rag.errors import UserError
 from rag.models.protocols import Generated
 from rag.prompt import Message, Turn, build_messages
@@ -96,17 +97,19 @@ class RemoteAnswerer:
             timeout=settings.answer_timeout,
         )
 
-    def page_pixels(self, n_pages: int) -> int:
-        """The most pixels one page may have so that all of them stay inside the budget."""
-        share = self.visual_token_budget * PIXELS_PER_TOKEN // max(n_pages, 1)
+    def page_pixels(self, n_pages: int, reserved: int = 0) -> int:
+        """The most pixels one page may have so that all of them stay inside the budget, after
+        `reserved` pixels of crops (which leave the pages at least half of it)."""
+        budget = self.visual_token_budget * PIXELS_PER_TOKEN
+        share = max(budget - reserved, budget // 2) // max(n_pages, 1)
         return max(min(self.max_pixels, share), min(self.min_pixels, share))
 
     def messages(
         self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()
     ) -> list[Message]:
         """`build_messages`, with each image placeholder filled by its page as a data URL."""
-        cap = self.page_pixels(len(pages))
-        urls = iter(_data_url(page.image, cap) for page in pages)
+        cap = self.page_pixels(len(pages), crop_pixels(pages, self.max_pixels))
+        urls = iter([url for page in pages for url in self._urls(page, cap)])
         messages = build_messages(question, pages, history)
         for message in messages:
             if isinstance(message["content"], list):
@@ -117,6 +120,15 @@ class RemoteAnswerer:
                     for part in message["content"]
                 ]
         return messages
+
+    def _urls(self, page: GeneratorPage, cap: int) -> list[str]:
+        """The page scaled to `cap`, then its crops (`rag.crops`) at full resolution."""
+        if not getattr(page, "regions", ()):
+            return [_data_url(page.image, cap)]
+        opened = page.image if isinstance(page.image, Image.Image) else Image.open(page.image)
+        image = opened.convert("RGB")
+        crops = [_data_url(crop, self.max_pixels) for crop in page_crops(page, image)]
+        return [_data_url(image, cap), *crops]
 
     def stream(
         self, question: str, pages: Sequence[GeneratorPage], history: Sequence[Turn] = ()

@@ -181,3 +181,18 @@ def test_pagerag_ocr_reads_the_scans_of_an_existing_library(
     assert '"read": 1' in done.output and '"checked": 2' in done.output
     found = runner.invoke(app, ["search", WORD, "--mode", "text", "--json"])
     assert found.exit_code == 0 and "scan.pdf" in found.output
+
+
+def test_auto_uses_tesseract_where_installed_else_rapidocr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest.ocr import engine
+
+    if shutil.which("tesseract"):
+        assert isinstance(engine("auto"), Tesseract)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert isinstance(engine("auto"), RapidOcr)
+    from ingest.ocr import OcrUnavailable
+
+    with pytest.raises(OcrUnavailable, match="install tesseract-ocr"):
+        engine("tesseract")

@@ -235,6 +235,8 @@ def test_cli_ask_json_is_the_whole_answer(cli_env: Path) -> None:
         "image",
         "label",
         "cited",
+        "boxes",
+        "regions",
     }
     assert 0 < answer["completion_tokens"] <= 8
 
