@@ -89,3 +89,43 @@ def test_concurrent_searches(tmp_path: Path) -> None:
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(lambda i: index.search(corpus.queries[i % 3], 5), range(24)))
         assert all(r == expected[i % 3] for i, r in enumerate(results))
+
+
+def test_a_metadata_update_while_pages_are_upserted_loses_nothing(tmp_path: Path) -> None:
+    """PATCH /documents/{id} writes without the ingestion's write lock (rag/service.py
+    `update_document`): the shard must take both writers at once."""
+    import time
+
+    from .test_contract import D
+
+    corpus = make_corpus()
+    index = EdgeIndex(tmp_path / "index")
+    index.upsert(corpus.records, corpus.embeddings)
+    others = [
+        (r, e) for r, e in zip(corpus.records, corpus.embeddings, strict=True) if r.doc_id != D
+    ]
+    end = time.monotonic() + 2
+
+    def upserts() -> None:
+        while time.monotonic() < end:
+            index.upsert([r for r, _ in others], [e for _, e in others])
+
+    def updates() -> int:
+        n = 0
+        while time.monotonic() < end:
+            index.set_document_fields(D, {"tags": [f"t{n}"]})
+            n += 1
+        index.set_document_fields(D, {"tags": ["final"]})
+        return n
+
+    with ThreadPoolExecutor(2) as pool:
+        writing, updating = pool.submit(upserts), pool.submit(updates)
+        writing.result()
+        assert updating.result() > 0
+    index.flush()
+    assert index.count() == len(corpus.records)
+    assert index.count(SearchFilter(tags=("final",))) == sum(r.doc_id == D for r in corpus.records)
+    index.close()
+    reopened = EdgeIndex(tmp_path / "index")
+    assert reopened.count() == len(corpus.records)  # reopens whole
+    reopened.close()
