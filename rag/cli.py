@@ -41,6 +41,7 @@ from rag.config import InvalidSettingsError, SearchMode, Settings
 from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import IdError, doc_prefix
 from rag.index.schema import normalize_path
+from rag.keycli import keys_app
 from rag.types import Citation, IngestReport, SearchFilter
 
 if TYPE_CHECKING:  # the eval package imports datasets and ir-measures: only when evaluating
@@ -63,6 +64,7 @@ app = typer.Typer(
 )
 docs_app = typer.Typer(help="List and delete ingested documents.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
+app.add_typer(keys_app, name="keys")
 out = Console()
 err = Console(stderr=True)
 
@@ -70,12 +72,38 @@ err = Console(stderr=True)
 # -- scaffolding shared by the commands -----------------------------------------------------
 
 
-def _settings() -> Settings:
+@app.callback()
+def _main(
+    library: Annotated[
+        str | None,
+        typer.Option(
+            "--library",
+            "-L",
+            metavar="NAME",
+            help="The library to work on (default: PAGERAG_LIBRARY, else `default`); "
+            "`pagerag libraries list` shows them.",
+        ),
+    ] = None,
+) -> None:
+    if library is not None:  # read by Settings, here and in any process started from here
+        os.environ["PAGERAG_LIBRARY"] = library
+
+
+def _root() -> Settings:
     """The settings, or exit 3 with one line per bad one (`InvalidSettingsError`)."""
     try:
         return Settings()
     except InvalidSettingsError as exc:
         _die(str(exc), exc.exit_code)
+
+
+def _settings() -> Settings:
+    """The settings of the chosen library (`--library`, PAGERAG_LIBRARY): exit 2 for an
+    unknown one."""
+    from rag.libraries import settings_for
+
+    with _mapped():
+        return settings_for(_root())
 
 
 @contextmanager
@@ -124,7 +152,7 @@ def _opened(settings: Settings | None = None) -> Iterator[Service]:
 def _server(settings: Settings) -> str | None:
     """The URL of the server announced in the data directory, if one runs there. With a
     Qdrant server (PAGERAG_QDRANT_URL) nothing is locked, and commands run here."""
-    if settings.qdrant_url or not (settings.data_dir / SERVER_FILE).exists():
+    if settings.qdrant_url or not _announcement(settings).exists():
         return None  # checked before importing rag.remote (httpx): commands start faster
     from rag.remote import running_server
 
@@ -134,11 +162,17 @@ def _server(settings: Settings) -> str | None:
     return running_server(settings, on_wait=waiting)
 
 
+def _announcement(settings: Settings) -> Path:
+    from rag.libraries import root_dir
+
+    return root_dir(settings) / SERVER_FILE
+
+
 def _refuse_while_served(settings: Settings, what: str) -> None:
     """Exit 3 when a server holds the data directory and `what` cannot go through it."""
     from rag.remote import running_server
 
-    if (settings.data_dir / SERVER_FILE).exists() and (url := running_server(settings)):
+    if _announcement(settings).exists() and (url := running_server(settings)):
         _die(
             f"`pagerag serve` at {url} is using {settings.data_dir}, and {what} cannot go "
             "through it: stop the server first",
@@ -769,6 +803,82 @@ def docs_edit(
     out.print(escape(f"{d.doc_id[:12]} {d.source}: {d.title!r}, {tags}"), highlight=False)
 
 
+libraries_app = typer.Typer(
+    help="Separate libraries (documents, index, page images, model settings) in one data "
+    "directory; `--library NAME` picks one for any command.",
+    no_args_is_help=True,
+)
+app.add_typer(libraries_app, name="libraries")
+
+
+@libraries_app.command("list")
+def libraries_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+) -> None:
+    """Every library, `default` first, with its own settings."""
+    from dataclasses import asdict
+
+    from rag import libraries
+
+    root = _root()
+    with _mapped():
+        found = [libraries.info(root, name) for name in libraries.names(root)]
+    if as_json:
+        _print_json([asdict(i) for i in found])
+        return
+    table = _table("library", "settings", "created", "folder")
+    for i in found:
+        own = ", ".join(f"{k}={v}" for k, v in sorted(i.settings.items())) or "(the server's)"
+        table.add_row(i.name, own, i.created_at or "-", i.data_dir)
+    out.print(table)
+
+
+@libraries_app.command("create")
+def libraries_create(
+    name: Annotated[str, typer.Argument(help="Lowercase letters, digits, '-' and '_'.")],
+    retriever_model: Annotated[
+        str | None, typer.Option(help="Its retriever (default: PAGERAG_RETRIEVER_MODEL).")
+    ] = None,
+    generator_model: Annotated[
+        str | None, typer.Option(help="Its answerer (default: PAGERAG_GENERATOR_MODEL).")
+    ] = None,
+    search_mode: Annotated[
+        str | None, typer.Option(help="visual, text or hybrid (default: PAGERAG_SEARCH_MODE).")
+    ] = None,
+) -> None:
+    """Create an empty library; then `pagerag --library NAME ingest FOLDER`."""
+    from rag import libraries
+
+    root = _root()
+    own = {
+        "retriever_model": retriever_model,
+        "generator_model": generator_model,
+        "search_mode": search_mode,
+    }
+    with _mapped():
+        made = libraries.create(root, name, own)
+    out.print(f"created library {made.name} in {made.data_dir}", highlight=False)
+
+
+@libraries_app.command("delete")
+def libraries_delete(
+    name: Annotated[str, typer.Argument(help="The library to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a library: its documents, index, page images and jobs."""
+    from rag.libraries import Libraries
+
+    root = _root()
+    _refuse_while_served(root, "deleting a library")
+    with _mapped():
+        libs = Libraries(root)
+        info = libs.info(name)
+        if not yes:
+            typer.confirm(f"Delete library {name} and everything in {info.data_dir}?", abort=True)
+        libs.delete(name)
+    out.print(f"deleted library {name}", highlight=False)
+
+
 @app.command()
 def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
@@ -849,10 +959,14 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from rag.libraries import Libraries
     from rag.remote import announced, connect_url
 
     with _local(settings) as service:
-        app_ = create_app(service, startup_paths=[p.expanduser() for p in docs])
+        libraries = Libraries(_root(), first=service)
+        app_ = create_app(
+            service, libraries=libraries, startup_paths=[p.expanduser() for p in docs]
+        )
         err.print(
             f"PageRAG on http://{host}:{port}/ (REST API /api/v1, its docs /docs)", highlight=False
         )

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
             raise InvalidSettingsError(_describe(exc)) from None
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    # The library commands use when none is named (`--library`); `default` is the data
+    # directory itself, others live under it (rag/libraries.py).
+    library: str = "default"
+    # Where page images go, when not DATA_DIR/pages: set for libraries other than `default`,
+    # whose images sit under one folder the web UI may serve (never beside their index).
+    pages_dir: Path | None = None
 
     # Models: a Hugging Face Hub id or a local directory.
     retriever_model: str = "vidore/colqwen2-v1.0"
@@ -86,6 +92,9 @@ class Settings(BaseSettings):
     # Comma-separated; when set, every API call needs `Authorization: Bearer KEY` and the UI
     # a login (any user name, a key as the password).
     api_keys: SecretStr | None = None
+    # Scoped keys (rag/keys.py, `pagerag keys add`): names, roles, libraries and key hashes,
+    # re-read by a running server when it changes. Default: PAGERAG_DATA_DIR/keys.json.
+    keys_file: Path | None = None
     max_upload_mb: int = Field(default=200, ge=1)  # one upload request, all its files together
     # One GPU serves everybody: model work runs one request at a time, at most `queue_size`
     # more wait (then 429), and none waits or runs past `request_timeout` seconds (then 504).
@@ -109,6 +118,19 @@ class Settings(BaseSettings):
     # better recall and slower. `hnsw_ef`: HNSW search breadth, the other recall/speed knob.
     prefetch_limit: int = Field(default=200, ge=1)
     hnsw_ef: int | None = Field(default=1024, ge=1)
+    # How the page vectors are kept (rag/index/schema.py STORAGES, measured in
+    # docs/BENCHMARKS.md "Vector storage"); fixed when an index is built.
+    vector_storage: Literal[
+        "float16",
+        "turbo8",
+        "turbo8-pooled8",
+        "turbo8-pooled-int8",
+        "turbo4",
+        "int8",
+        "binary",
+        "binary2",
+        "tq4",
+    ] = "float16"
 
     # Search. Hybrid by default: the text layer finds exact names, codes and figures that a
     # 128-d visual embedding can blur, the visual channel finds scans, charts and paraphrases,
@@ -188,7 +210,7 @@ class Settings(BaseSettings):
 
     @property
     def images_dir(self) -> Path:
-        return self.data_dir / "pages"
+        return self.pages_dir or self.data_dir / "pages"
 
     @property
     def manifest_path(self) -> Path:

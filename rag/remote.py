@@ -67,7 +67,9 @@ class ServerFailed(UserError):
 
 
 def server_file(settings: Settings) -> Path:
-    return settings.data_dir / SERVER_FILE
+    from rag.libraries import root_dir
+
+    return root_dir(settings) / SERVER_FILE  # one server for every library of the directory
 
 
 def connect_url(host: str, port: int) -> str:
@@ -233,7 +235,9 @@ class RemotePageRAG:
         headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
         # Reads wait as long as the server lets a request run (PAGERAG_REQUEST_TIMEOUT).
         timeout = httpx.Timeout(settings.request_timeout + 30, connect=10)
-        self._http = httpx.Client(base_url=f"{url}/api/v1", headers=headers, timeout=timeout)
+        # A library's own routes: the server may have been started on another one.
+        base = f"{url}/api/v1/libraries/{settings.library}"
+        self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout)
         self._images = PageImages(settings.images_dir)  # the same data directory as the server
         self.manifest = _ManifestReader(settings.manifest_path)
 

@@ -28,7 +28,7 @@ from rag.ids import IdError, doc_prefix
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta, check_retriever
 from rag.index.text import TEXT_CHANNEL
-from rag.models.download import DOWNLOADS
+from rag.models.host import ModelHost
 from rag.models.loading import ModelDownloading, ModelLoadError
 from rag.models.protocols import AnswerWriter, PageRetriever
 from rag.prompt import Turn, parse_citations
@@ -108,6 +108,7 @@ class PageRAG:
         retriever: PageRetriever | None = None,
         generator: AnswerWriter | None = None,
         index: PageIndex | None = None,
+        models: ModelHost | None = None,
     ) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -115,14 +116,10 @@ class PageRAG:
         check_meta(self.index, self.index_meta())
         self.manifest = Manifest(settings.manifest_path)
         self.library = Library(self.manifest, self.index, PageImages(settings.images_dir))
-        self._retriever = retriever
-        self._generator = generator
-        self._model_lock = threading.Lock()  # one model call at a time (one GPU, many callers)
-        # Loading (a first run downloads gigabytes) is not a model call: it has a lock per
-        # model, so one model keeps serving while the other downloads.
-        self._load_locks = {"retriever": threading.Lock(), "generator": threading.Lock()}
-        self._loading: set[str] = set()
-        self._load_errors: dict[str, str] = {}  # model -> why its last load failed, one line
+        # Shared with the other libraries of the process that use the same models.
+        self.models = models or ModelHost(settings, retriever=retriever, generator=generator)
+        self._model_lock = self.models.lock  # one model call at a time on the device
+        self._retriever_checked = False
         self._visual_deferred = False  # an ingestion stored pages without waiting for a download
         # One ingestion or deletion at a time; deletions queue and run between two batches
         # of a running ingestion, so a DELETE never waits for a whole run (rag/writelock.py).
@@ -140,84 +137,42 @@ class PageRAG:
             "max_visual_tokens": s.max_visual_tokens,
             "renderer": s.renderer,
             "render_dpi": s.render_dpi,
+            "vector_storage": s.vector_storage,  # how the page vectors are kept (schema.STORAGES)
         }
 
     @property
+    def _retriever(self) -> PageRetriever | None:
+        return self.models.loaded("retriever")
+
+    @property
+    def _generator(self) -> AnswerWriter | None:
+        return self.models.loaded("generator")
+
+    @property
     def retriever(self) -> PageRetriever:
-        """Given to the constructor, or ColQwen2 loaded on first use, so listing or deleting
-        documents needs no model. While another thread downloads it: `ModelDownloading`."""
-        if self._retriever is None:
-            self._load("retriever")
-        assert self._retriever is not None
-        return self._retriever
-
-    def _load(self, which: str) -> None:
-        """Load the retriever or the generator once. A caller that finds another thread
-        downloading it is not kept waiting for gigabytes: `ModelDownloading` says how far it
-        is (an ingestion stores its pages for text search meanwhile). The reason of a failed
-        load is kept for `info()` until a load succeeds."""
-        lock = self._load_locks[which]
-        while not lock.acquire(timeout=0.25):
-            if which in self._loading and (refusal := self._downloading(which)):
-                self._visual_deferred |= which == "retriever"
-                raise refusal
+        """Given to the constructor, or ColQwen2 loaded on first use (`ModelHost`), so listing
+        or deleting documents needs no model. While it downloads: `ModelDownloading`."""
         try:
-            if getattr(self, f"_{which}") is not None:  # loaded while this caller waited
-                return
-            self._loading.add(which)
-            try:
-                if which == "retriever":
-                    from rag.models.retriever import Retriever
-
-                    model: Any = Retriever.load(self.settings)
-                    # Its family and width must match what the index holds.
-                    check_retriever(self.index, model.family.name, model.dim)
-                else:
-                    from rag.models import load_answerer
-
-                    model = load_answerer(self.settings)
-            except Exception as exc:
-                self._load_errors[which] = _load_reason(exc, which, self.settings)
-                raise
-            finally:
-                self._loading.discard(which)
-            self._load_errors.pop(which, None)
-            setattr(self, f"_{which}", model)
-        finally:
-            lock.release()
-
-    def _downloading(self, which: str) -> ModelDownloading | None:
-        """The refusal to wait for `which`, if one of its files is being downloaded now."""
-        if which == "retriever":
-            from rag.models.retriever import SPEC as spec
-        else:
-            from rag.models.generator import SPEC as spec
-        active = [d for d in DOWNLOADS.active() if d.kind == spec.kind]
-        if not active:
-            return None
-        d = active[0]
-        meanwhile = (
-            "visual and hybrid search work once it is done; text search works now (`--mode text`)"
-            if which == "retriever"
-            else "answers are written once it is done; finding pages works now (`pagerag search`)"
-        )
-        return ModelDownloading(
-            f"the {spec.kind} model ({d.model_id}) is still downloading from the Hugging Face "
-            f"Hub, {d.describe()}; {meanwhile}",
-            model_id=d.model_id,
-            reason="downloading",
-            setting=spec.setting,
-        )
+            retriever: PageRetriever = self.models.get("retriever")
+        except ModelDownloading:
+            self._visual_deferred = True  # this caller's pages are stored for text search
+            raise
+        if not self._retriever_checked and "retriever" in self.models.loaded_here:
+            # A model loaded from the settings: its family and width must match this index.
+            model: Any = retriever
+            check_retriever(self.index, model.family.name, model.dim)
+            self._retriever_checked = True
+        return retriever
 
     @property
     def models_loading(self) -> bool:
         """A model is being loaded (or downloaded) now."""
-        return bool(self._loading)
+        return bool(self.models.loading)
 
     @property
     def load_errors(self) -> dict[str, str]:
         """Model ("retriever", "generator") -> why its last load failed, as `info()` has it."""
-        return dict(self._load_errors)
+        return dict(self.models.errors)
 
     def visual_deferred(self) -> bool:
         """Whether pages wait for visual vectors, or an ingestion went on without waiting for
@@ -440,17 +395,14 @@ class PageRAG:
         """Given to the constructor, or Qwen2-VL loaded on the first question, once per
         process; it shares the device with the retriever, and `_model_lock` keeps their calls
         (and two generations) apart."""
-        if self._generator is None:
-            self._load("generator")
-        assert self._generator is not None
-        return self._generator
+        generator: AnswerWriter = self.models.get("generator")
+        return generator
 
     @generator.setter
     def generator(self, generator: AnswerWriter | None) -> None:
         """Swap the writer of answers (None: load PAGERAG_GENERATOR_MODEL on the next
         question); an answer being written keeps the one it started with."""
-        self._generator = generator
-        self._load_errors.pop("generator", None)
+        self.models.set("generator", generator)
 
     def ask(
         self,
@@ -574,7 +526,7 @@ class PageRAG:
                     "Nothing is indexed yet, so there are no pages to answer from. "
                     "Ingest some PDFs first (`pagerag ingest PATH`)."
                 )
-            if error := self._load_errors.get("retriever"):
+            if error := self.models.errors.get("retriever"):
                 text += f" The page model could not be loaded either: {error}"
         elif filters is not None and not self.index.count(self._visible(filters)):
             text = (
@@ -707,8 +659,8 @@ class PageRAG:
             pending_documents=len(pending),
             pending_pages=self.index.count(SearchFilter(doc_ids=pending)) if pending else 0,
             waiting_pages=self.library.waiting_count(),
-            retriever_error=self._load_errors.get("retriever", ""),
-            generator_error=self._load_errors.get("generator", ""),
+            retriever_error=self.models.errors.get("retriever", ""),
+            generator_error=self.models.errors.get("generator", ""),
             failed_files=len(self.manifest.failures()),
             bytes_on_disk=index_bytes + images_bytes + manifest_bytes,
             index_bytes=index_bytes,
@@ -718,18 +670,6 @@ class PageRAG:
     def close(self) -> None:
         self.index.close()
         self.manifest.close()
-
-
-def _load_reason(exc: Exception, which: str, settings: Settings) -> str:
-    """Why a model did not load, on one line; a `ModelLoadError` names the setting to change."""
-    if isinstance(exc, UserError):
-        return " ".join(str(exc).split())
-    model = settings.retriever_model if which == "retriever" else settings.generator_model
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return (
-        f"loading the model '{model}' failed ({type(exc).__name__}: {first}); the server log "
-        "has the details"
-    )
 
 
 def _citation(

@@ -206,6 +206,10 @@ class ServerIndex(core.QdrantIndex):
     def close(self) -> None:
         self.client.close()
 
+    def drop(self) -> None:
+        """Delete the collection on the server (a deleted library's)."""
+        self.client.delete_collection(self.collection)
+
     # -- the client calls (core.QdrantIndex) ----------------------------------------------
 
     def _run(self, stage: core.Stage) -> list[tuple[dict[str, Any], float]]:

@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.routing import Match
 
 from rag.config import Settings
 from rag.errors import UserError, log_failure
+from rag.keys import KeyRing
+from rag.libraries import Libraries, pages_root
 from rag.models.download import DOWNLOADS
-from rag.server.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard, key_matches
+from rag.server.deps import library_param
+from rag.server.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard
 from rag.server.jobs import JobManager
+from rag.server.library_routes import router as libraries_router
 from rag.server.modelqueue import WorkQueue
-from rag.server.routes import router
+from rag.server.routes import errors, router
 from rag.server.schemas import DownloadOut, HealthOut, ReadyOut, api_words
 from rag.service import PageRAG
 
@@ -37,8 +42,10 @@ API_DESCRIPTION = """Ask questions about PDFs (charts and tables too) by looking
 
 Model work (search, answers, similarity maps) shares one bounded queue with the web UI: when it
 is full the API answers **429** with `Retry-After`; a request past `PAGERAG_REQUEST_TIMEOUT`
-gets **504**. When `PAGERAG_API_KEYS` is set every call needs `Authorization: Bearer KEY`.
-Examples: `docs/API.md`."""
+gets **504**. With keys configured (`PAGERAG_API_KEYS`, or a keys file made by `pagerag keys
+add`) every call needs `Authorization: Bearer KEY`; a key bound to some libraries or to a role
+(read, write, admin) gets **403** outside them. `/api/v1/...` acts on the server's library
+(`default`); `/api/v1/libraries/{library}/...` on any other. Examples: `docs/API.md`."""
 
 
 @dataclass
@@ -52,14 +59,19 @@ class Readiness:
 def create_app(
     service: PageRAG,
     *,
+    libraries: Libraries | None = None,
     startup_paths: Sequence[Path] = (),
     ui: bool = True,
     warm_up: bool = True,
 ) -> FastAPI:
-    """The whole server for `service`. `startup_paths` are ingested (incrementally) by a
-    background job once the server starts; `ui=False` leaves the web UI out."""
+    """The whole server for `service` (the server's own library) and the other `libraries`
+    of its data directory (default: those beside `service`, which must then be `default`).
+    `startup_paths` are ingested (incrementally) by a background job once the server starts;
+    `ui=False` leaves the web UI out."""
     settings = service.settings
+    libraries = libraries or Libraries(settings, first=service)
     jobs = JobManager(service, max_pending=max(settings.queue_size, 1))
+    library_jobs = LibraryJobs(service, jobs)
     # The one bounded line in front of the models for interactive callers (web UI and REST
     # API alike): they take a ticket from it around search, ask and similarity maps.
     work = WorkQueue(settings.queue_size, settings.request_timeout)
@@ -78,9 +90,11 @@ def create_app(
             readiness.ready.set()
         if startup_paths:
             jobs.submit_paths(startup_paths)
+        library_jobs.resume_all(libraries)
         async with app.state.mcp.running():  # the MCP SDK's sessions live in the lifespan
             yield
-        jobs.close()
+        library_jobs.close_all()
+        libraries.close(keep=service)  # the caller closes its own service
 
     # Swagger UI at /docs from files in the fastapi-offline wheel, served at DOCS_ASSETS (FastAPI's
     # own page loads them from a CDN: blank offline). Public, like /docs and /openapi.json.
@@ -97,13 +111,17 @@ def create_app(
     )
     app.state.service = service
     app.state.jobs = jobs
+    app.state.libraries = libraries
+    app.state.jobs_for = library_jobs.get
+    app.state.close_jobs = library_jobs.close
+    app.state.keys = keys = KeyRing.from_settings(libraries.root)
     app.state.work = work
     app.state.readiness = readiness
     _add_error_handlers(app)
     # Around everything, the UI included: bodies are capped as they arrive (FastAPI and Gradio
     # would buffer them first), Gradio's file routes never fetch URLs or leave their folders, and
     # a UI event can name no file but the uploads its own client made.
-    gate = Gate(keys=settings.api_key_list)
+    gate = Gate(ring=keys)
     app.add_middleware(
         RequestGuard,
         limits=Limits(
@@ -113,18 +131,92 @@ def create_app(
         uploads=ReceivedUploads(),
         gate=gate,
     )
-    app.include_router(router)
+    app.include_router(libraries_router)
+    app.include_router(router, prefix="/api/v1")
+    _include_for_libraries(app)
     _add_health(app)
     _add_fallback(app)
     # Imported here: `python -m rag.server.mcp` (stdio) would otherwise import itself twice.
     from rag.server.mcp import mount_mcp
 
     app.state.mcp = mount_mcp(app, service)  # /mcp, before the web UI's catch-all mount
-    if not gate.keys:
+    if not keys.enabled:
         _drop_security(app)
     if ui:
         gate.ui_logged_in = _mount_ui(app, service, jobs, work)
     return app
+
+
+class LibraryJobs:
+    """One job manager per library (each library has its own write lock and job records),
+    made when a library is first used; each resumes its library's unfinished jobs."""
+
+    def __init__(self, first: PageRAG, jobs: JobManager) -> None:
+        self._jobs = {first.settings.library: jobs}
+        self._max_pending = jobs.max_pending
+        self._lock = threading.Lock()
+
+    def get(self, service: PageRAG) -> JobManager:
+        name = service.settings.library
+        with self._lock:
+            jobs = self._jobs.get(name)
+            if jobs is None or jobs.service is not service:
+                jobs = self._jobs[name] = JobManager(service, max_pending=self._max_pending)
+            return jobs
+
+    def resume_all(self, libraries: Libraries) -> None:
+        """Open every library with unfinished jobs, so a restart resumes them all."""
+        for name in libraries.names():
+            try:
+                service = libraries.get(name)
+                self.get(service)
+            except Exception as exc:  # one broken library must not stop the others
+                log_failure(log, f"opening library {name!r} failed", exc)
+
+    def close(self, service: PageRAG) -> None:
+        with self._lock:
+            jobs = self._jobs.pop(service.settings.library, None)
+        if jobs is not None:
+            jobs.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            every, self._jobs = list(self._jobs.values()), {}
+        for jobs in every:
+            jobs.close()
+
+
+LIBRARY_PREFIX = "/api/v1/libraries/{library}"
+
+
+def _include_for_libraries(app: FastAPI) -> None:
+    """The documents and search routes again under /api/v1/libraries/{library}. Route names
+    stay the same (url_for tells the two apart by the `library` parameter); their operation
+    ids get a `library` prefix in the schema (`librarySearch`), so generated clients have
+    one method per operation."""
+    app.include_router(
+        router,
+        prefix=LIBRARY_PREFIX,
+        dependencies=[Depends(library_param)],
+        responses=errors(404, 422, json_ref=True, s404="No such library (or document, page, job)"),
+    )
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            with warnings.catch_warnings():  # FastAPI warns of the ids renamed just below
+                warnings.simplefilter("ignore", UserWarning)
+                schema = build()
+            for path, operations in schema.get("paths", {}).items():
+                if not path.startswith(LIBRARY_PREFIX + "/"):
+                    continue
+                for operation in operations.values():
+                    if isinstance(operation, dict) and (op := operation.get("operationId")):
+                        operation["operationId"] = "library" + op[0].upper() + op[1:]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def _add_fallback(app: FastAPI) -> None:
@@ -169,6 +261,7 @@ def _drop_security(app: FastAPI) -> None:
                 if isinstance(operation, dict):
                     operation.pop("security", None)
                     operation.get("responses", {}).pop("401", None)
+                    operation.get("responses", {}).pop("403", None)  # no key, no scope
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
@@ -269,16 +362,17 @@ def _mount_ui(
     from ui.app import CSS, THEME, build_ui
 
     settings = service.settings
-    keys = settings.api_key_list
+    ring: KeyRing = app.state.keys
 
     def login(username: str, password: str) -> bool:
-        return key_matches(password, keys)
+        return ring.authenticate(password) is not None
 
     kwargs: dict[str, Any] = {}
-    if keys:
+    if ring.enabled:
         kwargs["auth"] = login
         kwargs["auth_message"] = "Enter any user name and one of the server's API keys."
     blocks = build_ui(service, jobs=jobs, work=work)
+    root = app.state.libraries.root
     gr.mount_gradio_app(
         app,
         blocks,
@@ -286,8 +380,8 @@ def _mount_ui(
         # Page images are shown straight from the data directory, and nothing else from it:
         # Gradio serves only these, its own upload folder and its cache; the rest of the data
         # directory is blocked as well, in case a wider folder is ever allowed.
-        allowed_paths=[str(settings.images_dir)],
-        blocked_paths=[str(p) for p in _private_paths(settings)],
+        allowed_paths=[str(settings.images_dir), str(pages_root(root))],
+        blocked_paths=[str(p) for p in _private_paths(root)] + [str(root.data_dir / "libraries")],
         max_file_size=f"{settings.max_upload_mb}mb",
         ssr_mode=False,
         footer_links=["settings"],  # the REST API docs are linked from the page

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the service and jobs from the app's state, API keys, the upload cap."""
+"""FastAPI dependencies: the caller's key and what it may do, the library's service and jobs
+from the app's state, the upload cap."""
 
 from __future__ import annotations
 
@@ -20,18 +21,90 @@ from rag.ids import (
     MIN_PREFIX,
     doc_prefix,
 )
-from rag.server.guard import key_matches
+from rag.keys import Principal
+from rag.libraries import NAME_PATTERN, Libraries
 from rag.server.jobs import JobManager
 from rag.server.modelqueue import Ticket, WorkQueue
 from rag.service import PageRAG, PageRAGError
 
+_bearer = HTTPBearer(
+    auto_error=False, description="One of PAGERAG_API_KEYS, or a key from the keys file"
+)
+KEY_REQUIRED = (
+    "a valid API key is required: send `Authorization: Bearer KEY` (PAGERAG_API_KEYS, or a key "
+    "made by `pagerag keys add`)"
+)
 
-def get_service(request: Request) -> PageRAG:
-    return request.app.state.service
+
+def get_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Who is calling: 401 without a valid key when keys are configured."""
+    ring = request.app.state.keys
+    found = ring.authenticate(credentials.credentials if credentials else None)
+    if found is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, KEY_REQUIRED, headers={"WWW-Authenticate": "Bearer"}
+        )
+    return found
 
 
-def get_jobs(request: Request) -> JobManager:
-    return request.app.state.jobs
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def library_name(request: Request) -> str:
+    """The library a route acts on: `/api/v1/libraries/{library}/...`, else the server's own
+    (PAGERAG_LIBRARY, `default` unless set)."""
+    name = request.path_params.get("library")
+    return name if isinstance(name, str) else request.app.state.service.settings.library
+
+
+def library_param(
+    library: Annotated[
+        str,
+        Path(
+            description="A library's name (`GET /api/v1/libraries` lists them)",
+            json_schema_extra={"pattern": NAME_PATTERN},
+            max_length=40,
+        ),
+    ],
+) -> str:
+    from rag.libraries import check_name
+
+    return check_name(library)  # LibraryError: 400
+
+
+def _role(request: Request) -> tuple[str, str]:
+    """The role a documents/search route needs, and the words for what it does."""
+    method, path = request.method, request.url.path
+    if method == "POST" and path.endswith("/documents"):
+        return "write", "uploading"
+    if method == "PATCH":
+        return "write", "editing a document"
+    if method == "DELETE":
+        return "write", "deleting a document"
+    return "read", "reading"
+
+
+def authorize(request: Request, principal: PrincipalDep) -> Principal:
+    """The caller's key may act in this library with the role this route needs (else 403)."""
+    role, action = _role(request)
+    principal.check(library_name(request), role, action)
+    return principal
+
+
+def get_libraries(request: Request) -> Libraries:
+    return request.app.state.libraries
+
+
+def get_service(request: Request, _: Annotated[Principal, Depends(authorize)]) -> PageRAG:
+    """The library's service (opened on first use; 404 for an unknown library)."""
+    return request.app.state.libraries.get(library_name(request))
+
+
+def get_jobs(request: Request, service: Annotated[PageRAG, Depends(get_service)]) -> JobManager:
+    return request.app.state.jobs_for(service)
 
 
 def get_work(request: Request) -> WorkQueue:
@@ -41,23 +114,7 @@ def get_work(request: Request) -> WorkQueue:
 ServiceDep = Annotated[PageRAG, Depends(get_service)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 WorkDep = Annotated[WorkQueue, Depends(get_work)]
-
-_bearer = HTTPBearer(auto_error=False, description="One of PAGERAG_API_KEYS, when it is set")
-
-
-def require_key(
-    service: ServiceDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    keys = service.settings.api_key_list
-    if not keys:
-        return
-    if credentials is None or not key_matches(credentials.credentials, keys):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid API key is required: send `Authorization: Bearer KEY` (PAGERAG_API_KEYS)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+LibrariesDep = Annotated[Libraries, Depends(get_libraries)]
 
 
 class UnknownDocument(UserError):

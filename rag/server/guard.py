@@ -45,6 +45,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from rag.errors import UserError
+from rag.keys import KeyRing
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -116,20 +119,24 @@ class Gate:
     nothing from a validation error): an API key for /api/v1, a web UI login for the Gradio
     routes that do not check it themselves. Open when no keys are configured."""
 
-    keys: tuple[str, ...] = ()
+    ring: KeyRing | None = None  # None or not `enabled`: open
     # Set once the UI is mounted: whether these cookies belong to a logged-in UI session.
     ui_logged_in: Callable[[dict[str, str]], bool] | None = None
 
     def refusal(self, path: str, headers: dict[bytes, bytes]) -> Refused | None:
-        if not self.keys:
+        if self.ring is None or not self.ring.enabled:
             return None
         if path == "/api/v1" or path.startswith("/api/v1/"):
             scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not key_matches(given.strip(), self.keys):
+            try:  # which libraries and role the key has is each route's check (403)
+                known = scheme.lower() == "bearer" and self.ring.find(given.strip()) is not None
+            except UserError as exc:  # a broken keys file: nobody but PAGERAG_API_KEYS
+                return Refused(503, str(exc))
+            if not known:
                 return Refused(
                     401,
                     "a valid API key is required: send `Authorization: Bearer KEY` "
-                    "(PAGERAG_API_KEYS)",
+                    "(PAGERAG_API_KEYS, or a key made by `pagerag keys add`)",
                     {"WWW-Authenticate": "Bearer"},
                 )
         elif (

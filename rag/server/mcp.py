@@ -44,8 +44,8 @@ from starlette.types import Receive, Scope, Send
 from rag.config import SearchMode, Settings
 from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import DOC_ID_LENGTH, MIN_PREFIX, doc_prefix
+from rag.keys import KeyRing
 from rag.server.deps import MAX_PAGE
-from rag.server.guard import key_matches
 from rag.server.modelqueue import QueueTimeout, Ticket, WorkQueue
 from rag.server.schemas import FilterIn, QuestionIn, SearchIn, api_words, to_filter
 from rag.service import PageRAG, PageRAGError
@@ -692,7 +692,10 @@ def _local_path(text: str) -> Path:
 
 # -- streamable HTTP at /mcp -------------------------------------------------------------------
 
-KEY_REQUIRED = "a valid API key is required: send `Authorization: Bearer KEY` (PAGERAG_API_KEYS)"
+KEY_REQUIRED = (
+    "a valid API key is required: send `Authorization: Bearer KEY` (PAGERAG_API_KEYS, or a key "
+    "made by `pagerag keys add`)"
+)
 
 
 class McpEndpoint:
@@ -701,9 +704,10 @@ class McpEndpoint:
     (inside the server's lifespan; a fresh one each time, as the SDK's session manager
     cannot be restarted)."""
 
-    def __init__(self, server: MCPServer[Any], settings: Settings) -> None:
+    def __init__(self, server: MCPServer[Any], keys: KeyRing, library: str) -> None:
         self.server = server
-        self.settings = settings  # keys are read per request, as `/api/v1`'s check does
+        self.keys = keys  # read per request (a changed keys file counts at once)
+        self.library = library  # the server's library: what the tools act on
         self._app: Starlette | None = None
 
     def _build(self) -> Starlette:
@@ -727,9 +731,16 @@ class McpEndpoint:
                 self._app = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if keys := self.settings.api_key_list:
+        if self.keys.enabled:
             given = _bearer(scope)
-            if given is None or not key_matches(given, keys):
+            try:
+                principal = self.keys.authenticate(given)
+                if principal is not None:  # the tools only read (add_files is stdio only)
+                    principal.check(self.library, "read", "using the MCP tools")
+            except UserError as exc:  # 403 out of scope, 503 a broken keys file
+                await JSONResponse({"detail": str(exc)}, exc.http_status)(scope, receive, send)
+                return
+            if given is None or principal is None:
                 refusal = JSONResponse(
                     {"detail": KEY_REQUIRED}, 401, headers={"WWW-Authenticate": "Bearer"}
                 )
@@ -763,7 +774,7 @@ def mount_mcp(app: FastAPI, service: PageRAG) -> McpEndpoint:
     the returned endpoint's `running()` in the app's lifespan. Model work waits in
     `app.state.work`, the queue the REST API and the web UI use."""
     server = build_server(Tools(service, lambda: app.state.work, local=False))
-    endpoint = McpEndpoint(server, service.settings)
+    endpoint = McpEndpoint(server, app.state.keys, service.settings.library)
     app.router.routes.append(Route(MCP_PATH, endpoint, include_in_schema=False))
     return endpoint
 
@@ -789,8 +800,9 @@ def run_stdio(settings: Settings) -> None:
 
 def main() -> None:
     try:
-        settings = Settings()
-        run_stdio(settings)
+        from rag.libraries import settings_for
+
+        run_stdio(settings_for(Settings()))  # PAGERAG_LIBRARY
     except UserError as exc:
         print(f"pagerag mcp: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code or EXIT_CONFIG) from None

@@ -34,7 +34,7 @@ from rag.server.deps import (
     UploadForm,
     WorkDep,
     admit,
-    require_key,
+    authorize,
 )
 from rag.server.jobs import display_name, stage_files
 from rag.server.modelqueue import Ticket
@@ -60,6 +60,7 @@ from rag.server.schemas import (
     job_out,
     status_out,
     to_filter,
+    url_for,
 )
 from rag.service import DeletionQueued, DocumentPending, PageRAG
 from rag.types import Answer, SearchFilter
@@ -69,8 +70,9 @@ log = logging.getLogger(__name__)
 # What each status means, as the routes declare them (`errors`); a route may say more.
 _WHY = {
     400: "A bad value: an empty question, an unknown document in the filter, ...",
-    401: "PAGERAG_API_KEYS is set and no valid key was sent",
-    404: "No such document, page or job",
+    401: "Keys are configured and no valid key was sent",
+    403: "The key may not do this: its role or its libraries (the message names the key needed)",
+    404: "No such document, page, job or library",
     408: "The request body stopped arriving",
     409: "The document is not complete yet: being ingested or interrupted",
     413: "The body is larger than its cap (4 MiB; uploads: PAGERAG_MAX_UPLOAD_MB)",
@@ -122,7 +124,9 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)], responses=errors(401))
+# Included twice by the app: under /api/v1 (the server's library) and under
+# /api/v1/libraries/{library} (any library the key may use).
+router = APIRouter(dependencies=[Depends(authorize)], responses=errors(401, 403))
 
 
 # -- search and answers -------------------------------------------------------------------
@@ -389,7 +393,7 @@ async def upload_documents(
     job = await run_in_threadpool(
         jobs.submit_upload, staged, rejected, folder, client, passwords or None
     )
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    response.headers["Location"] = url_for(request, "get_job", job_id=job.id)
     return job_out(job)
 
 

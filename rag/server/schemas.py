@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.datastructures import URL
 
 from rag.config import SearchMode
 from rag.ids import DOC_ID_LENGTH, DOC_PREFIX_PATTERN, MIN_PREFIX, IdError, doc_prefix
@@ -225,6 +226,46 @@ class DocumentPatch(BaseModel):
     )
 
 
+class LibrarySettingsIn(BaseModel):
+    """A library's own model and search settings (the rest are the server's PAGERAG_*)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retriever_model: str | None = Field(None, max_length=200)
+    retriever_revision: str | None = Field(None, max_length=100)
+    max_visual_tokens: int | None = Field(None, ge=16)
+    generator_model: str | None = Field(None, max_length=200)
+    generator_revision: str | None = Field(None, max_length=100)
+    answer_url: str | None = Field(None, max_length=500)
+    search_mode: Literal["visual", "text", "hybrid"] | None = None
+    ask_pages: int | None = Field(None, ge=1, le=20)
+    prefetch_limit: int | None = Field(None, ge=1, le=10_000)
+    hnsw_ef: int | None = Field(None, ge=1, le=100_000)
+
+
+class LibraryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$",
+        description="Lowercase letters, digits, '-' and '_'",
+    )
+    settings: LibrarySettingsIn | None = None
+
+
+class LibraryOut(BaseModel):
+    name: str
+    created_at: str = Field(description="Empty for `default`")
+    settings: dict[str, Any] = Field(description="The library's own settings")
+    url: str = Field(description="Its API root: append /search, /documents, ...")
+
+
+class LibrariesOut(BaseModel):
+    libraries: list[LibraryOut] = Field(description="Those the key may use, `default` first")
+
+
 class FileResultOut(BaseModel):
     name: str
     status: Literal["queued", "indexed", "unchanged", "failed"]
@@ -372,12 +413,21 @@ def to_filter(body: FilterIn | None, resolve: Any) -> SearchFilter | None:
     return None if filters.is_empty() else filters
 
 
+def url_for(request: Request, name: str, **params: Any) -> str:
+    """The URL of route `name` in the library this request is about (a request under
+    /api/v1/libraries/{library} links to that library's routes)."""
+    library = request.path_params.get("library")
+    if isinstance(library, str):
+        return str(request.url_for(name, library=library, **params))
+    return str(request.url_for(name, **params))
+
+
 def image_url(request: Request, doc_id: str, page: int) -> str:
-    return str(request.url_for("page_image", doc_id=doc_id, page=page))
+    return url_for(request, "page_image", doc_id=doc_id, page=page)
 
 
 def hit_out(request: Request, hit: Hit, query: str) -> HitOut:
-    heatmap = request.url_for("page_heatmap", doc_id=hit.doc_id, page=hit.page)
+    heatmap = url_for(request, "page_heatmap", doc_id=hit.doc_id, page=hit.page)
     return HitOut(
         doc_id=hit.doc_id,
         source=hit.source,
@@ -385,7 +435,7 @@ def hit_out(request: Request, hit: Hit, query: str) -> HitOut:
         page=hit.page,
         score=hit.score,
         image_url=image_url(request, hit.doc_id, hit.page),
-        heatmap_url=str(heatmap.include_query_params(query=query)),
+        heatmap_url=str(URL(heatmap).include_query_params(query=query)),
     )
 
 

@@ -472,12 +472,26 @@ OPERATIONS = {
     ("get", "/healthz"): "health",
     ("get", "/readyz"): "ready",
 }
+LIBRARY_OPERATIONS = {
+    (method, path.replace("/api/v1", "/api/v1/libraries/{library}", 1)): "library"
+    + op[0].upper()
+    + op[1:]
+    for (method, path), op in OPERATIONS.items()
+    if path.startswith("/api/v1/")
+}
+MANAGE_LIBRARIES = {
+    ("get", "/api/v1/libraries"): "listLibraries",
+    ("post", "/api/v1/libraries"): "createLibrary",
+    ("get", "/api/v1/libraries/{library}"): "getLibrary",
+    ("delete", "/api/v1/libraries/{library}"): "deleteLibrary",
+}
 
 
 def test_openapi_names_each_operation_and_declares_what_it_answers(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     ops = {(m, p): op for p, item in schema["paths"].items() for m, op in item.items()}
-    assert {key: op.get("operationId") for key, op in ops.items()} == OPERATIONS
+    expected = OPERATIONS | LIBRARY_OPERATIONS | MANAGE_LIBRARIES
+    assert {key: op.get("operationId") for key, op in ops.items()} == expected
 
     def codes(method: str, path: str) -> set[str]:
         return set(ops[(method, path)]["responses"])
