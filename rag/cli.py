@@ -85,14 +85,17 @@ def _main(
         ),
     ] = None,
 ) -> None:
-    if library is not None:  # read by Settings, here and in any process started from here
-        os.environ["PAGERAG_LIBRARY"] = library
+    _chosen["library"] = library  # set on every invocation (tests run many in one process)
+
+
+_chosen: dict[str, str | None] = {"library": None}  # --library, over PAGERAG_LIBRARY
 
 
 def _root() -> Settings:
     """The settings, or exit 3 with one line per bad one (`InvalidSettingsError`)."""
+    library = _chosen["library"]
     try:
-        return Settings()
+        return Settings(**({"library": library} if library else {}))
     except InvalidSettingsError as exc:
         _die(str(exc), exc.exit_code)
 

@@ -412,3 +412,31 @@ def test_serve_on_a_busy_port_stops_before_announcing(env: Path) -> None:
             code, stdout, stderr = invoke("serve", *args, env=extra)
             assert code == EXIT_USAGE and "PageRAG on" not in stdout + stderr
             assert one_line(stderr) == f"error: port {port} is in use; set --port or PAGERAG_PORT"
+
+
+def test_libraries_from_the_command_line(env: Path, tmp_path: Path) -> None:
+    """`pagerag libraries create`, `--library NAME` on any command, isolation, delete."""
+    from tests.pdfs import make_pdf
+
+    folder = make_pdf(tmp_path / "lib" / "alpha.pdf", ["Alpha revenue", "Alpha costs"]).parent
+    code, stdout, _ = invoke("libraries", "create", "team-a", "--search-mode", "text")
+    assert code == 0 and "created library team-a" in stdout
+    code, _, err = invoke("libraries", "create", "team-a")
+    assert code == 2 and "exists already" in err
+    code, _, err = invoke("--library", "Bad!", "docs", "list")
+    assert code == 2 and "not a library name" in err
+    code, _, err = invoke("--library", "nope", "docs", "list")
+    assert code == 2 and "pagerag libraries create nope" in err
+    assert invoke("--library", "team-a", "ingest", str(folder))[0] == 0
+    code, stdout, _ = invoke("--library", "team-a", "docs", "list", "--json")
+    assert code == 0 and [d["source"] for d in json.loads(stdout)] == ["alpha.pdf"]
+    code, stdout, _ = invoke("-L", "team-a", "search", "alpha", "--json")  # text: its own mode
+    assert code == 0 and json.loads(stdout)[0]["source"].endswith("alpha.pdf")
+    default = json.loads(invoke("docs", "list", "--json")[1])
+    assert all(not d["source"].endswith("alpha.pdf") for d in default)
+    code, stdout, _ = invoke("libraries", "list", "--json")
+    listed = {x["name"]: x for x in json.loads(stdout)}
+    assert listed["team-a"]["settings"] == {"search_mode": "text"} and "default" in listed
+    assert invoke("libraries", "delete", "default", "--yes")[0] == 2
+    assert invoke("libraries", "delete", "team-a", "--yes")[0] == 0
+    assert "team-a" not in invoke("libraries", "list")[1]

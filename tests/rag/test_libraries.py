@@ -191,3 +191,21 @@ def test_rest_libraries_and_scoped_keys(
         assert c.get(f"{API}/libraries/a/documents", headers=root).status_code == 404
         assert not libraries.library_dir(service.settings, "a").exists()
     service.close()
+
+
+def test_mcp_endpoint_takes_scoped_keys(make_serving_service: Callable[..., PageRAG]) -> None:
+    """/mcp acts on the server's library: a key for another library gets 403 before the MCP
+    SDK sees the request, a key for it passes (the SDK then answers the protocol)."""
+    service = make_serving_service("libs-mcp")
+    keys = keys_path(service.settings)
+    other = add_key(keys, "b-reader", "read", ["b"])
+    mine = add_key(keys, "default-reader", "read", ["default"])
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with TestClient(create_app(service, ui=False, warm_up=False)) as c:
+        assert c.post("/mcp", json=hello, headers=accept).status_code == 401
+        out = c.post("/mcp", json=hello, headers={**accept, "Authorization": f"Bearer {other}"})
+        assert out.status_code == 403 and "not library 'default'" in out.json()["detail"]
+        ok = c.post("/mcp", json=hello, headers={**accept, "Authorization": f"Bearer {mine}"})
+        assert ok.status_code not in (401, 403), ok.text
+    service.close()
