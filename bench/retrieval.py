@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,44 +96,66 @@ def ground_truth(ds: Dataset, candidates: int = 100) -> dict[str, Any]:
     return truth
 
 
+class Candidates:
+    """The exact top-K of every query, found in one pass over the pages in any order: a bfloat16
+    MaxSim keeps `candidates` pages per query (`add`), colpali-engine rescores those in float32
+    on the float16 values the index stores (`finish`), and the margin between the 10th exact
+    score and the best page left out must exceed twice the worst bfloat16 error seen."""
+
+    def __init__(self, queries: np.ndarray, candidates: int = 100):
+        self.q = storage(queries)
+        self.candidates = candidates
+        self.qt = torch.from_numpy(self.q.reshape(-1, DIM)).bfloat16().T.contiguous()
+        self.best_s = np.full((len(self.q), candidates), -np.inf, dtype=np.float32)
+        self.best_i = np.zeros((len(self.q), candidates), dtype=np.int64)
+
+    def add(self, start: int, chunk: np.ndarray) -> None:
+        """Pages [start, start + len(chunk)) as float32 (n, ROWS, DIM)."""
+        n, n_q = len(chunk), len(self.q)
+        pages = torch.from_numpy(chunk.reshape(-1, DIM)).bfloat16()
+        sim = pages @ self.qt  # (n*ROWS, Q*rows) bf16
+        approx = sim.view(n, ROWS, n_q, QUERY_ROWS).amax(1).float().sum(-1).T.numpy()  # (Q, n)
+        all_s = np.concatenate([self.best_s, approx], axis=1)
+        ids = np.broadcast_to(np.arange(start, start + n), (n_q, n))
+        all_i = np.concatenate([self.best_i, ids], 1)
+        keep = np.argpartition(-all_s, self.candidates - 1, axis=1)[:, : self.candidates]
+        self.best_s = np.take_along_axis(all_s, keep, 1)
+        self.best_i = np.take_along_axis(all_i, keep, 1)
+
+    def finish(self, pages: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+        """Rescore; `pages(ids)` gives those pages as float32 (len(ids), ROWS, DIM)."""
+        n_q = len(self.q)
+        top = np.zeros((n_q, K), dtype=np.int64)
+        top_scores = np.zeros((n_q, K), dtype=np.float32)
+        worst_err, min_margin = 0.0, np.inf
+        for j in range(n_q):
+            ids = np.sort(self.best_i[j])
+            exact = score_exact([self.q[j]], pages(ids))[0]
+            approx = dict(zip(self.best_i[j].tolist(), self.best_s[j].tolist(), strict=True))
+            errors = [abs(approx[i] - s) for i, s in zip(ids.tolist(), exact, strict=True)]
+            worst_err = max(worst_err, *errors)
+            order = np.argsort(-exact)[:K]
+            top[j], top_scores[j] = ids[order], exact[order]
+            min_margin = min(min_margin, float(exact[order[-1]] - self.best_s[j].min()))
+        return {
+            "top": top,
+            "scores": top_scores,
+            "bf16_max_error": worst_err,
+            "certified": bool(min_margin > 2 * worst_err),
+            "min_margin": min_margin,
+        }
+
+
 def _ground_truth(ds: Dataset, candidates: int) -> dict[str, Any]:
     """Exact top-K via bfloat16 candidates + float32 rescoring by colpali-engine."""
     started = time.perf_counter()
-    q = storage(ds.queries)
-    n_q = len(q)
-    qt = torch.from_numpy(q.reshape(-1, DIM)).bfloat16().T.contiguous()  # (DIM, Q*rows)
-    best_s = np.full((n_q, candidates), -np.inf, dtype=np.float32)
-    best_i = np.zeros((n_q, candidates), dtype=np.int64)
+    found = Candidates(ds.queries, candidates)
     for start, chunk in chunks(ds, 256):
-        n = len(chunk)
-        pages = torch.from_numpy(chunk.reshape(-1, DIM)).bfloat16()
-        sim = pages @ qt  # (n*ROWS, Q*rows) bf16
-        approx = sim.view(n, ROWS, n_q, QUERY_ROWS).amax(1).float().sum(-1).T.numpy()  # (Q, n)
-        all_s = np.concatenate([best_s, approx], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + n), (n_q, n))], 1)
-        keep = np.argpartition(-all_s, candidates - 1, axis=1)[:, :candidates]
-        best_s = np.take_along_axis(all_s, keep, 1)
-        best_i = np.take_along_axis(all_i, keep, 1)
-    top = np.zeros((n_q, K), dtype=np.int64)
-    top_scores = np.zeros((n_q, K), dtype=np.float32)
-    worst_err, min_margin = 0.0, np.inf
-    for j in range(n_q):
-        ids = np.sort(best_i[j])
-        exact = score_exact([q[j]], np.stack([read_pages(ds, i, i + 1)[0] for i in ids]))[0]
-        approx = dict(zip(best_i[j].tolist(), best_s[j].tolist(), strict=True))
-        worst_err = max(worst_err, max(abs(approx[i] - s) for i, s in zip(ids, exact, strict=True)))
-        order = np.argsort(-exact)[:K]
-        top[j], top_scores[j] = ids[order], exact[order]
-        min_margin = min(min_margin, float(exact[order[-1]] - best_s[j].min()))
-    return {
-        "top": top,
-        "scores": top_scores,
-        "seconds": time.perf_counter() - started,
-        "bf16_max_error": worst_err,
-        "certified": bool(min_margin > 2 * worst_err),
-        "min_margin": min_margin,
-        "target_is_first": float(np.mean(top[:, 0] == ds.targets)),
-    }
+        found.add(start, chunk)
+    out = found.finish(lambda ids: np.stack([read_pages(ds, i, i + 1)[0] for i in ids]))
+    out["seconds"] = time.perf_counter() - started
+    out["target_is_first"] = float(np.mean(out["top"][:, 0] == ds.targets))
+    return out
 
 
 def matmul_maxsim(query: np.ndarray, pages: torch.Tensor) -> torch.Tensor:
@@ -265,10 +287,10 @@ def run_queries(
     }
 
 
-def build_edge(path: Path, ds: Dataset, batch: int) -> dict[str, Any]:
+def build_edge(path: Path, ds: Dataset, batch: int, storage: str) -> dict[str, Any]:
     """Upsert every page into a new EdgeIndex at `path` and optimise it; build figures."""
     n = len(ds.pages)
-    index = EdgeIndex(path)
+    index = EdgeIndex(path, storage=storage)
     upsert_s = fill(index, ds, batch)
     log(f"edge: {n} pages upserted in {upsert_s:.1f} s; optimising")
     started = time.perf_counter()
@@ -286,63 +308,143 @@ def build_edge(path: Path, ds: Dataset, batch: int) -> dict[str, Any]:
     }
 
 
-def bench_edge(ds: Dataset, truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """Build (or, with --index-dir, reuse) the product index, then measure searches."""
-    keep = args.index_dir is not None
-    path = args.index_dir or Path(tempfile.mkdtemp(prefix="edge-", dir=args.data_dir))
+def ensure_built(ds: Dataset, args: argparse.Namespace, storage: str, path: Path) -> None:
+    """Build the index kept as `storage` in `path`/index unless `path` holds one of this size
+    (bench-build.json records its build figures)."""
     done = path / "bench-build.json"
     n = len(ds.pages)
-    try:
-        rss_before = memory_mb()
-        if keep and done.exists() and json.loads(done.read_text())["pages"] == n:
-            out: dict[str, Any] = json.loads(done.read_text())["build"]
-            log(f"edge: reusing the index in {path}")
+    if done.exists() and json.loads(done.read_text())["pages"] == n:
+        log(f"edge: reusing the index in {path}")
+        return
+    shutil.rmtree(path / "index", ignore_errors=True)
+    out = build_edge(path / "index", ds, args.batch, storage)
+    done.write_text(json.dumps({"pages": n, "build": out}))
+
+
+def bench_edge(
+    ds: Dataset, truth: np.ndarray, args: argparse.Namespace, storage: str, path: Path
+) -> dict[str, Any]:
+    """Open the index kept as `storage` that `ensure_built` left in `path`; measure searches."""
+    n = len(ds.pages)
+    rss_before = memory_mb()
+    out: dict[str, Any] = json.loads((path / "bench-build.json").read_text())["build"]
+    # (Re)opened, as a server starts on an existing index: Edge removes the segments the
+    # optimiser replaced, and the figures below are those of an index in steady state.
+    started = time.perf_counter()
+    index = EdgeIndex(path / "index", storage=storage)
+    size = index.bytes_on_disk()
+    out |= {
+        "storage": storage,
+        "open_s": round(time.perf_counter() - started, 2),
+        "bytes_on_disk": size,
+        "bytes_per_page": round(size / n),
+        "disk_breakdown_bytes": {
+            p.name: schema.dir_size(p) if p.is_dir() else p.stat().st_size
+            for p in sorted((path / "index" / "shard").iterdir())
+        },
+        "segment_files_bytes": segment_breakdown(path / "index" / "shard" / "segments"),
+        "segments": index._shard.info().segments_count,
+        "config": index_config(index),
+    }
+    log(f"edge[{storage}]: {size / n / 1024:.1f} KiB/page on disk; searching")
+    out["default"] = run_queries(index, ds, truth)
+    defaults = (index.prefetch_limit, index.hnsw_ef)
+    sweep = []
+    for limit in args.prefetch:
+        for ef in args.ef or [defaults[1]]:
+            index.prefetch_limit, index.hnsw_ef = limit, ef
+            row = {"prefetch_limit": limit, "hnsw_ef": ef, **run_queries(index, ds, truth)}
+            log(f"  {row}")
+            sweep.append(row)
+    index.prefetch_limit, index.hnsw_ef = defaults
+    out["sweep"] = sweep
+    out["memory_mb"] = {"before_open": rss_before, "after_search": memory_mb()}
+    if args.edge_exact:
+        out["exact_in_edge"] = run_queries(index, ds, truth, limit=args.edge_exact, exact=True)
+    index.close()
+    return out
+
+
+def segment_breakdown(segments: Path) -> dict[str, int]:
+    """Allocated bytes by what they hold (vector storage of each vector, its quantized codes,
+    HNSW graph, payload...), summed over the segments: each segment's top-level entries."""
+    out: dict[str, int] = {}
+    for segment in segments.iterdir() if segments.is_dir() else ():
+        for entry in segment.iterdir() if segment.is_dir() else ():
+            size = schema.dir_size(entry) if entry.is_dir() else entry.stat().st_blocks * 512
+            out[entry.name] = out.get(entry.name, 0) + size
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def edge_child(
+    args: argparse.Namespace, truth: np.ndarray | None, storage: str, path: Path
+) -> dict[str, Any] | None:
+    """In a fresh process (see `bench_storages`), on the data set the parent generated: build
+    the index (`truth` None), or open it and measure the searches."""
+    torch.set_num_threads(nproc())
+    ds = synthetic.build(args.data_dir, args.pages, args.queries, args.seed)
+    if truth is None:
+        ensure_built(ds, args, storage, path)
+        return None
+    return bench_edge(ds, truth, args, storage, path)
+
+
+def bench_storages(truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Every --storage on the same pages, one after the other. Each is built in one process
+    and searched in another, so the resident memory after the searches is that of a process
+    that opened the index and searched it (no heap left from building, nor from the previous
+    storage); the index is deleted afterwards unless --index-dir keeps it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for storage in args.storage:
+        if args.index_dir is not None:
+            path = args.index_dir if len(args.storage) == 1 else args.index_dir / storage
+            path.mkdir(parents=True, exist_ok=True)
         else:
-            shutil.rmtree(path / "index", ignore_errors=True)
-            out = build_edge(path / "index", ds, args.batch)
-            if keep:
-                done.write_text(json.dumps({"pages": n, "build": out}))
-        # (Re)opened, as a server starts on an existing index: Edge removes the segments the
-        # optimiser replaced, and the figures below are those of an index in steady state.
-        started = time.perf_counter()
-        index = EdgeIndex(path / "index")
-        size = index.bytes_on_disk()
-        out |= {
-            "open_s": round(time.perf_counter() - started, 2),
-            "bytes_on_disk": size,
-            "bytes_per_page": round(size / n),
-            "disk_breakdown_bytes": {
-                p.name: schema.dir_size(p) if p.is_dir() else p.stat().st_size
-                for p in sorted((path / "index" / "shard").iterdir())
-            },
-            "segments": index._shard.info().segments_count,
-            "config": index_config(index),
-        }
-        log(f"edge: {size / n / 1024:.1f} KiB/page on disk; searching")
-        out["default"] = run_queries(index, ds, truth)
-        defaults = (index.prefetch_limit, index.hnsw_ef)
-        sweep = []
-        for limit in args.prefetch:
-            for ef in args.ef or [defaults[1]]:
-                index.prefetch_limit, index.hnsw_ef = limit, ef
-                row = {"prefetch_limit": limit, "hnsw_ef": ef, **run_queries(index, ds, truth)}
-                log(f"  {row}")
-                sweep.append(row)
-        index.prefetch_limit, index.hnsw_ef = defaults
-        out["sweep"] = sweep
-        out["memory_mb"] = {"before_open": rss_before, "after_search": memory_mb()}
-        if args.edge_exact:
-            out["exact_in_edge"] = run_queries(index, ds, truth, limit=args.edge_exact, exact=True)
-        index.close()
-        return out
-    finally:
-        if not keep:
-            shutil.rmtree(path, ignore_errors=True)
+            path = Path(tempfile.mkdtemp(prefix=f"edge-{storage}-", dir=args.data_dir))
+        try:
+            for step in (None, truth):
+                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    out[storage] = pool.submit(edge_child, args, step, storage, path).result()
+        finally:
+            if args.index_dir is None:
+                shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def storage_table(edges: dict[str, Any], matmul_p50: float, pages: int) -> list[dict[str, Any]]:
+    """One row per storage: what docs/BENCHMARKS.md's storage table shows."""
+    rows = []
+    for name, edge in edges.items():
+        default, memory = edge["default"], edge["memory_mb"]
+        rss = memory["after_search"].get("VmRSS", 0.0) - memory["before_open"].get("VmRSS", 0.0)
+        rows.append(
+            {
+                "storage": name,
+                "kib_per_page": round(edge["bytes_per_page"] / 1024, 1),
+                "rss_kib_per_page": round(rss * 1024 / pages, 1),
+                "recall_at_10": default["recall_at_10"],
+                "p50_ms": default["p50_ms"],
+                "p95_ms": default["p95_ms"],
+                "p50_over_matmul": round(default["p50_ms"] / matmul_p50, 4),
+                "speedup_vs_matmul": round(matmul_p50 / default["p50_ms"], 1),
+                "upsert_s": edge["upsert_s"],
+                "optimize_s": edge["optimize_s"],
+                "build_s": edge["build_s"],
+                "load_avg_1min": default["load_avg_1min"],
+            }
+        )
+    return rows
 
 
 def index_config(index: EdgeIndex) -> dict[str, Any]:
     return {
-        key: getattr(index, key) for key in ("prefetch_limit", "hnsw_ef") if hasattr(index, key)
+        key: getattr(index, key)
+        for key in ("prefetch_limit", "hnsw_ef", "storage")
+        if hasattr(index, key)
     }
 
 
@@ -406,6 +508,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--edge-exact", type=int, default=0, help="also time search_exact")
     parser.add_argument("--local-max", type=int, default=1000, help="local mode up to N pages")
     parser.add_argument("--local-queries", type=int, default=10)
+    parser.add_argument(
+        "--storage",
+        type=lambda s: [schema.storage(x) and x for x in s.split(",")],
+        default=[schema.DEFAULT_STORAGE],
+        help="vector storages (rag/index/schema.py STORAGES), each built as its own index on "
+        f"the same pages; the first gives the top-level figures (default {schema.DEFAULT_STORAGE})",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -427,8 +536,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["ground_truth"] = {
         k: round(float(v), 4) for k, v in gt.items() if k not in ("top", "scores", "certified")
     } | {"certified": bool(gt["certified"])}
-    edge = bench_edge(ds, truth, args)
-    result["edge"] = edge
+    edges = bench_storages(truth, args)
+    edge = edges[args.storage[0]]
+    result["edge"] = edge if len(edges) == 1 else edges
     # score_multi_vector takes ~2 ms a page here: a few queries are enough at large sizes.
     n_exact = args.exact_queries or (
         10 if args.pages <= 2_000 else 3 if args.pages <= 10_000 else 1
@@ -437,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     exact = time_exact_baseline(ds, n_exact, args.exact_in_memory_gb)
     result["exact"] = exact
     exact_p50 = exact["score_multi_vector"]["p50_ms"]
+    result["storage_table"] = storage_table(edges, exact["matmul"]["p50_ms"], args.pages)
+    log(json.dumps(result["storage_table"], indent=1))
     if args.pages <= args.local_max:
         result["local_mode"] = bench_local(ds, truth, args)
     default = edge["default"]

@@ -470,6 +470,7 @@ class IngestRunner:
             height=p.page.height,
             grid=emb.grid if emb else (0, 0),
             image_offset=emb.image_offset if emb else 0,
+            patch_map=emb.patch_map if emb else "",
             text=p.page.text,
             text_origin=p.page.text_origin,
             tags=doc.tags,

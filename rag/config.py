@@ -119,18 +119,27 @@ class Settings(BaseSettings):
     prefetch_limit: int = Field(default=200, ge=1)
     hnsw_ef: int | None = Field(default=1024, ge=1)
     # How the page vectors are kept (rag/index/schema.py STORAGES, measured in
-    # docs/BENCHMARKS.md "Vector storage"); fixed when an index is built.
-    vector_storage: Literal[
-        "float16",
-        "turbo8",
-        "turbo8-pooled8",
-        "turbo8-pooled-int8",
-        "turbo4",
-        "int8",
-        "binary",
-        "binary2",
-        "tq4",
-    ] = "float16"
+    # docs/BENCHMARKS.md "Vector storage"); fixed when an index is built. Unset: what the
+    # existing index was built with (float16 before this setting existed), turbo8 for a new one.
+    vector_storage: (
+        Literal[
+            "float16",
+            "turbo8",
+            "turbo8-pooled8",
+            "turbo8-pooled-int8",
+            "turbo4",
+            "int8",
+            "binary",
+            "binary2",
+            "tq4",
+        ]
+        | None
+    ) = None
+    # Index-time token pooling: each page's image tokens merged into ~1/factor as many by
+    # colpali-engine's hierarchical pooler (1 = off). Fewer bytes a page and a cheaper MaxSim,
+    # for some recall (published: 97.8% of nDCG kept at 3); similarity maps get blockier.
+    # Measured in docs/BENCHMARKS.md "Token pooling at index time"; fixed when an index is built.
+    pool_factor: int = Field(default=1, ge=1, le=8)
 
     # Search. Hybrid by default: the text layer finds exact names, codes and figures that a
     # 128-d visual embedding can blur, the visual channel finds scans, charts and paraphrases,

@@ -92,7 +92,9 @@ def shown_page(
     regions: tuple[Box, ...] = ()
     if query is not None and vectors is not None and size[0] and size[1]:
         try:
-            rel = relevance(similarity_maps(query, vectors, hit.grid, hit.image_offset))
+            rel = relevance(
+                similarity_maps(query, vectors, hit.grid, hit.image_offset, hit.patch_map)
+            )
         except HeatmapError:  # stored without a usable patch grid: the page alone
             rel = None
         if rel is not None and (region := best_region(rel, size, max_pixels)) is not None:

@@ -4,7 +4,9 @@ ColQwen2 gives every 28x28-pixel patch of a page one vector; a page's stored mul
 them, row by row, from `image_offset` on, in a `grid` of (rows, cols). A question token's
 similarity to each patch is a map over that grid (colpali-engine's interpretability utilities
 compute exactly this); the map shown is their mean over the question's tokens, scaled to [0, 1]
-and laid over the page image. Everything comes from the index: no page is embedded again.
+and laid over the page image. Everything comes from the index: no page is embedded again. A
+token-pooled page (PAGERAG_POOL_FACTOR) stores one vector per cluster of patches: its map gives
+every patch of a cluster that cluster's score, so it is blockier but covers the same grid.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from rag import patchmap
 from rag.errors import UserError
 from rag.index.schema import storage_rows
 from rag.types import Hit
@@ -62,11 +65,23 @@ class Heatmap:
 
 
 def similarity_maps(
-    query: np.ndarray, page: np.ndarray, grid: tuple[int, int], image_offset: int
+    query: np.ndarray,
+    page: np.ndarray,
+    grid: tuple[int, int],
+    image_offset: int,
+    patch_map: str = "",
 ) -> np.ndarray:
-    """(query_tokens, rows, cols): each question token's similarity to each image patch."""
+    """(query_tokens, rows, cols): each question token's similarity to each image patch. A
+    token-pooled page (`patch_map` set) scores each patch by its cluster's pooled row."""
     rows, cols = grid
     n = rows * cols
+    expanded = patchmap.expand(page, grid, image_offset, patch_map)
+    if expanded is None:
+        raise HeatmapError(
+            f"the page's patch map does not fit its {rows}x{cols} grid and {len(page)} stored "
+            "vectors; re-ingest its document"
+        )
+    page = expanded
     if rows < 1 or cols < 1 or image_offset < 0 or image_offset + n > len(page):
         raise HeatmapError(
             f"the page was stored without a usable patch grid ({rows}x{cols} at offset "
@@ -123,7 +138,7 @@ def hit_heatmap(
         vectors = service.index.page_vectors(hit.doc_id, hit.page)
     if vectors is None:
         raise _no_vectors(hit.doc_id, hit.page)
-    rel = relevance(similarity_maps(query, vectors, hit.grid, hit.image_offset))
+    rel = relevance(similarity_maps(query, vectors, hit.grid, hit.image_offset, hit.patch_map))
     try:
         with Image.open(Path(hit.image)) as page:
             image = overlay(page, rel)

@@ -27,6 +27,7 @@ from rag.errors import EXIT_CONFIG, UserError
 from rag.ids import IdError, doc_prefix
 from rag.index import open_index
 from rag.index.base import SCHEMA_VERSION, PageIndex, check_meta, check_retriever
+from rag.index.schema import DEFAULT_STORAGE
 from rag.index.text import TEXT_CHANNEL
 from rag.models.host import ModelHost
 from rag.models.loading import ModelDownloading, ModelLoadError
@@ -137,7 +138,9 @@ class PageRAG:
             "max_visual_tokens": s.max_visual_tokens,
             "renderer": s.renderer,
             "render_dpi": s.render_dpi,
-            "vector_storage": s.vector_storage,  # how the page vectors are kept (schema.STORAGES)
+            # How the page vectors are kept (schema.STORAGES): the index's own unless chosen.
+            "vector_storage": s.vector_storage or getattr(self.index, "storage", DEFAULT_STORAGE),
+            "pool_factor": s.pool_factor,  # token pooling: pooled pages keep fewer rows
         }
 
     @property
@@ -185,7 +188,7 @@ class PageRAG:
     def _runner(self, on_progress: Callable[[IngestProgress], None] | None = None) -> IngestRunner:
         return IngestRunner(
             self.library,
-            lambda: _Locked(self.retriever, self._model_lock),
+            lambda: _Locked(self.retriever, self._model_lock, self.settings.pool_factor),
             sandbox=self._sandbox(),
             batch_size=self.settings.batch_size,
             on_progress=on_progress,
@@ -271,6 +274,7 @@ class PageRAG:
                     continue
             with self._model_lock:
                 embeddings = retriever.embed_pages(images) if images else []
+            embeddings = _pooled(embeddings, self.settings.pool_factor)
             report.visual_added += self.library.add_visual(found, embeddings)
             self.library.drop_waiting(pages)
             progress.pages_done += len(pages)
@@ -690,13 +694,25 @@ def _citation(
     )
 
 
+def _pooled(embeddings: list[Any], factor: int) -> list[Any]:
+    """Token pooling (PAGERAG_POOL_FACTOR) of freshly embedded pages. Here, not in the retriever:
+    the factor belongs to the index (its metadata), and one retriever serves every library."""
+    if factor <= 1:
+        return embeddings
+    from rag.models.retriever import pool_pages  # torch: only when pooling is on
+
+    return pool_pages(embeddings, factor)
+
+
 class _Locked:
     """Serialises page embedding with every other use of the model."""
 
-    def __init__(self, retriever: PageRetriever, lock: threading.Lock) -> None:
+    def __init__(self, retriever: PageRetriever, lock: threading.Lock, pool_factor: int) -> None:
         self._retriever = retriever
         self._lock = lock
+        self._pool_factor = pool_factor
 
     def embed_pages(self, images: Sequence[Any]) -> list[Any]:
         with self._lock:
-            return self._retriever.embed_pages(images)
+            pages = self._retriever.embed_pages(images)
+        return _pooled(pages, self._pool_factor)  # CPU work: outside the model lock

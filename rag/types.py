@@ -16,6 +16,8 @@ class PageEmbedding:
     vectors: np.ndarray  # (n_tokens, dim) float32, unit rows, padding removed
     grid: tuple[int, int]  # (rows, cols) of the merged patch grid
     image_offset: int  # index of the first image token in `vectors`
+    # Token-pooled pages (PAGERAG_POOL_FACTOR > 1): each patch's pooled row, rag/patchmap.py.
+    patch_map: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PageRecord:
     sources: tuple[str, ...] = ()  # every path this content was seen under (source included)
     ingested_at: str = ""
     text_origin: str = "pdf"  # "pdf" (the text layer) or "ocr" (read from the page image)
+    patch_map: str = ""  # of a token-pooled page (rag/patchmap.py); empty when unpooled
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Hit:
     grid: tuple[int, int] = (0, 0)
     image_offset: int = 0
     text_origin: str = "pdf"  # "ocr" when the text was read from the page image
+    patch_map: str = ""  # of a token-pooled page (rag/patchmap.py); empty when unpooled
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def open_index(settings: Settings) -> PageIndex:
     stages: dict[str, Any] = {
         "prefetch_limit": settings.prefetch_limit,
         "hnsw_ef": settings.hnsw_ef,
+        "storage": settings.vector_storage,
     }
     if settings.qdrant_url:
         from rag.index.server import ServerIndex

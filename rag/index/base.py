@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag.errors import UserError
+from rag.index.schema import LEGACY_STORAGE, STORAGE_META_KEY
 from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 
 # 2: a sparse BM25 text vector per page (rag/index/text.py) beside the visual vectors.
@@ -130,12 +131,17 @@ def permanent_error(exc: BaseException) -> bool:
     return client_error or isinstance(exc, ValueError | TypeError)
 
 
+# Metadata keys added after indexes existed, and what an index without the key was built with.
+ADDED_META = {STORAGE_META_KEY: LEGACY_STORAGE, "pool_factor": 1}
+
+
 def check_meta(index: PageIndex, expected: dict[str, Any]) -> None:
     """Write `expected` into a new index; refuse to open one built with other settings."""
     found = index.read_meta()
     if found is None:
         index.write_meta(expected)
         return
+    found = {**ADDED_META, **found}
     diffs = {
         key: (found.get(key), value) for key, value in expected.items() if found.get(key) != value
     }

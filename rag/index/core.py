@@ -57,6 +57,14 @@ class Rrf:
 
 
 @dataclass(frozen=True)
+class Rescore:
+    """Score the vector's quantized codes (schema.VectorStorage.quantization), then rescore
+    `oversampling` times the stage's limit with the primary values (None: Qdrant's default)."""
+
+    oversampling: float | None = None
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage of a Qdrant query: score what the `prefetch` stages hand on (without any,
     every point matching `where`) by `query`, keep the best `limit`."""
@@ -66,6 +74,7 @@ class Stage:
     where: Where | None = None
     prefetch: tuple[Stage, ...] = ()
     hnsw_ef: int | None = None  # HNSW search breadth; None: Qdrant's default
+    rescore: Rescore | None = None  # only for a vector with quantized codes
 
 
 @dataclass(frozen=True)
@@ -116,13 +125,21 @@ def _query_rows(query: np.ndarray) -> list[list[float]]:
 class QdrantIndex(ABC):
     """`PageIndex` over one Qdrant collection (or Edge shard), minus the client calls.
 
-    Subclasses set `prefetch_limit` and `hnsw_ef` (see `search`) and implement the abstract
-    methods below, each one call (or a batch of calls) into their client library.
+    Subclasses set `prefetch_limit`, `hnsw_ef` (see `search`) and `storage` (a schema.STORAGES
+    name, fixed when the index is created) and implement the abstract methods below, each one
+    call (or a batch of calls) into their client library.
     """
 
     backend: str
     prefetch_limit: int
     hnsw_ef: int | None
+    storage: str = schema.DEFAULT_STORAGE
+
+    def _rescore(self, vector: str) -> Rescore | None:
+        """Search parameters for `vector` under this index's storage (None: no codes)."""
+        if schema.vector_storages(self.storage)[vector].quantization is None:
+            return None
+        return Rescore(schema.storage(self.storage).oversampling)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -140,7 +157,10 @@ class QdrantIndex(ABC):
         if found is None:
             return False
         record = replace(
-            schema.payload_to_record(found[0]), grid=emb.grid, image_offset=emb.image_offset
+            schema.payload_to_record(found[0]),
+            grid=emb.grid,
+            image_offset=emb.image_offset,
+            patch_map=emb.patch_map,
         )
         self._write([page_point(record, emb)])
         return True
@@ -180,7 +200,8 @@ class QdrantIndex(ABC):
             return []
         at = where(filters)
         first = self._pooled_stages(q, filters, at, max(self.prefetch_limit, k)) if prefetch else ()
-        return self._hits(Stage(Nearest(schema.COLQWEN, q), k, at, first))
+        rescore = self._rescore(schema.COLQWEN)
+        return self._hits(Stage(Nearest(schema.COLQWEN, q), k, at, first, rescore=rescore))
 
     def _pooled_stages(
         self, q: list[list[float]], filters: SearchFilter | None, at: Where | None, limit: int
@@ -193,7 +214,10 @@ class QdrantIndex(ABC):
         """
         if self.count(filters) <= limit:
             return ()
-        return (Stage(Nearest(schema.CLUSTERS, q), limit, at, hnsw_ef=self.hnsw_ef),)
+        rescore = self._rescore(schema.CLUSTERS)
+        return (
+            Stage(Nearest(schema.CLUSTERS, q), limit, at, hnsw_ef=self.hnsw_ef, rescore=rescore),
+        )
 
     # -- text and hybrid search (BM25 channel: rag/index/text.py) -------------------------
 
@@ -221,7 +245,8 @@ class QdrantIndex(ABC):
         # exactness rule as `search` applies (no pooled stage when few pages match).
         depth = max(self.prefetch_limit, k)
         pooled = self._pooled_stages(q, filters, at, depth)
-        channels = [Stage(Nearest(schema.COLQWEN, q), depth, at, pooled)]
+        rescore = self._rescore(schema.COLQWEN)
+        channels = [Stage(Nearest(schema.COLQWEN, q), depth, at, pooled, rescore=rescore)]
         sparse = embed_query_text(text)
         if sparse is not None:  # a query of stop words only has no text channel
             channels.append(Stage(Nearest(TEXT, sparse), depth, at))

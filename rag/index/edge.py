@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from qdrant_edge import (
+    BinaryQuantizationConfig,
+    BinaryQuantizationEncoding,
+    BinaryQuantizationQueryEncoding,
     CountRequest,
     Distance,
     EdgeConfig,
@@ -39,11 +42,16 @@ from qdrant_edge import (
     Point,
     PointVectors,
     Prefetch,
+    QuantizationSearchParams,
     Query,
     QueryRequest,
+    ScalarQuantizationConfig,
+    ScalarType,
     ScrollRequest,
     SearchParams,
     SparseVector,
+    TurboQuantBitSize,
+    TurboQuantQuantizationConfig,
     UpdateOperation,
     VectorStorageDatatype,
 )
@@ -62,23 +70,84 @@ _FIELD_TYPES: dict[str, Callable[[], Any]] = {
 }
 
 
-def edge_config() -> EdgeConfig:
+_DATATYPES = {
+    "float16": VectorStorageDatatype.Float16,
+    "turbo8": VectorStorageDatatype.Turbo8,
+    "turbo4": VectorStorageDatatype.Turbo4,  # type: ignore[attr-defined]  # missing in the 0.9 stubs
+}
+
+
+def _quantization(kind: str | None) -> Any:
+    """The quantized codes Qdrant keeps beside the primary storage (schema.VectorStorage)."""
+    if kind is None:
+        return None
+    if kind == "int8":
+        return ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99)
+    if kind == "binary":
+        return BinaryQuantizationConfig(
+            encoding=BinaryQuantizationEncoding.OneBit,
+            query_encoding=BinaryQuantizationQueryEncoding.Scalar8Bits,
+        )
+    if kind == "binary2":
+        return BinaryQuantizationConfig(
+            encoding=BinaryQuantizationEncoding.TwoBits,
+            query_encoding=BinaryQuantizationQueryEncoding.Scalar8Bits,
+        )
+    if kind == "tq4":
+        return TurboQuantQuantizationConfig(bits=TurboQuantBitSize.Bits4)
+    raise ValueError(f"unknown quantization {kind!r}")
+
+
+def _memory(kept: schema.VectorStorage, cached_codes: bool) -> Memory:
+    """Cold (see `edge_config`), except TurboQuant codes where `cached_codes`: Edge reads
+    those cold through its own reader on every search, not through the page cache (measured at
+    10k pages, turbo8: p50 291 ms Cold, 81 ms Cached). Cached populates them at open (10k pages:
+    1.1 s against 0.3); an index larger than RAM stays correct, its pages evicted and read
+    again as any mapping's. Not on tmpfs (`_reads_allocate`): populating there allocates the
+    files' holes, and a full one kills the process with SIGBUS (tests/ingest/test_disk_full)."""
+    return Memory.Cached if cached_codes and kept.datatype.startswith("turbo") else Memory.Cold
+
+
+def _reads_allocate(path: Path) -> bool:
+    """Whether reading a file's holes under `path` allocates them (tmpfs, ramfs: memory)."""
+    best, fstype = "", ""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    target = str(path.resolve())
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, fstype = point, fields[2]
+    return fstype in ("tmpfs", "ramfs")
+
+
+def edge_config(storage: str = schema.DEFAULT_STORAGE, cached_codes: bool = True) -> EdgeConfig:
     # Memory.Cold everywhere: Edge then maps its files without `populate()`-ing them on open.
     # With the default (Cached vectors, Pinned sparse index) a shard's open reads every page
     # of each appendable segment's sparse, preallocated 32 MB chunk files; on tmpfs that read
     # allocates those pages (measured: opening a 20-page index grew it from 15 to 146 MB), and
     # on a full disk it dies of SIGBUS before any error can be raised. The kernel's page cache
-    # still keeps what searches touch, so only the first queries after a start read from disk.
-    # A shard created before this keeps Cached storage in its segments (the segment files say
-    # so); its new segments follow this config.
+    # still keeps what searches touch, so only the first queries after a start read from disk
+    # (TurboQuant codes are the exception, `_memory`). A shard created before this keeps
+    # Cached storage in its segments (the segment files say so); new segments follow this.
+    # `storage`: a schema.STORAGES name, how each multivector is kept; `cached_codes`: see
+    # `_memory`.
+    kept = schema.vector_storages(storage)
     return EdgeConfig(
         vectors={
             name: EdgeVectorParams(
                 size=schema.DIM,
                 distance=Distance.Dot,  # unit rows (schema.VECTOR_HNSW_M)
                 multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
-                datatype=VectorStorageDatatype.Float16,
-                memory=Memory.Cold,
+                datatype=_DATATYPES[kept[name].datatype],
+                quantization_config=_quantization(kept[name].quantization),
+                memory=_memory(kept[name], cached_codes),
                 hnsw_config=HnswIndexConfig(
                     m=m, ef_construct=schema.HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
                 ),
@@ -110,18 +179,27 @@ class EdgeIndex(core.QdrantIndex):
         hnsw_ef: int | None = schema.HNSW_EF,
         batch_size: int = 64,
         disk_reserve_mb: int = 0,
+        storage: str | None = None,
     ):
         """`prefetch_limit` pages, found by the cluster HNSW (searched with `hnsw_ef`; None:
         Qdrant's default, never below the limit), get the exact MaxSim rerank. See `search`.
-        `disk_reserve_mb`: free disk a new index needs before it is created (see `_open`)."""
+        `disk_reserve_mb`: free disk a new index needs before it is created (see `_open`).
+        `storage`: how the vectors are kept (schema.STORAGES), fixed when the index is made;
+        opening an index made with another storage is an `IndexMismatchError`; None: the
+        existing index's own, schema.DEFAULT_STORAGE for a new one."""
         if min(prefetch_limit, batch_size, 1 if hnsw_ef is None else hnsw_ef) < 1:
             raise ValueError("prefetch_limit, hnsw_ef and batch_size must be at least 1")
+        if storage is not None:
+            schema.storage(storage)  # a ValueError naming the choices
         self.path = Path(path).expanduser()
         self.prefetch_limit = prefetch_limit
         self.hnsw_ef = hnsw_ef
         self.batch_size = batch_size
+        self.storage = storage or schema.DEFAULT_STORAGE
+        self._cached_codes = not _reads_allocate(self.path)
         self._meta_path = self.path / "meta.json"
         shard_dir = self.path / "shard"
+        self._check_storage(shard_dir, chosen=storage is not None)
         try:
             self._shard = self._open(shard_dir, disk_reserve_mb)
         except IndexUnavailableError:
@@ -163,13 +241,32 @@ class EdgeIndex(core.QdrantIndex):
         if missing:
             self._materialise()
 
+    def _check_storage(self, shard_dir: Path, chosen: bool) -> None:
+        """Take the storage of an existing shard unless one was `chosen`; refuse, before Edge
+        loads it, a shard whose vectors are kept another way than the chosen (Edge would load
+        it anyway, and new segments would mix two layouts)."""
+        built = _stored_storage(shard_dir)
+        if built is None or built == self.storage:
+            return
+        if not chosen and built in schema.STORAGES:
+            self.storage = built
+            return
+        raise IndexMismatchError(
+            f"The index at {self.path} keeps its page vectors as {built!r}, but "
+            f"PAGERAG_VECTOR_STORAGE is {self.storage!r}. Set PAGERAG_VECTOR_STORAGE="
+            f"{built} (or unset it) to use it, or re-index: point PAGERAG_DATA_DIR at a new "
+            "location and run `pagerag ingest` again, or run `pagerag reset` to delete this "
+            "index first."
+        )
+
     def _materialise(self) -> None:
         """Close and load the shard again, now, while there is room (see `_open`): the first
         load of a new appendable segment reads its payload indexes' preallocated files whole
         whatever their placement, which on tmpfs allocates them (measured: 26 MB for our 5
         indexes). Done here, that load cannot be the one that meets a full disk later."""
         self._shard.close()
-        self._shard = EdgeShard.load(str(self.path / "shard"), edge_config())
+        config = edge_config(self.storage, self._cached_codes)
+        self._shard = EdgeShard.load(str(self.path / "shard"), config)
 
     def _open(self, shard_dir: Path, disk_reserve_mb: int) -> EdgeShard:
         """Load the shard, or create it; never let Edge die of SIGBUS on a full disk.
@@ -195,7 +292,7 @@ class EdgeIndex(core.QdrantIndex):
             # Creating writes the first pages of every file: never on an (almost) full disk.
             require_free(self.path, disk_reserve_mb, what="creating the index")
             self.path.mkdir(parents=True, exist_ok=True)
-            return EdgeShard.create(str(shard_dir), edge_config())
+            return EdgeShard.create(str(shard_dir), edge_config(self.storage, self._cached_codes))
         holes = _sparse_bytes(shard_dir)
         free = free_bytes(shard_dir)
         if free < holes and (died := _probe_load(shard_dir)):
@@ -206,7 +303,7 @@ class EdgeIndex(core.QdrantIndex):
                 "PAGERAG_DATA_DIR to a larger disk; nothing stored is lost."
             )
         # Loading with our config makes Edge check the stored vectors against it.
-        return EdgeShard.load(str(shard_dir), edge_config())
+        return EdgeShard.load(str(shard_dir), edge_config(self.storage, self._cached_codes))
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -333,6 +430,35 @@ class EdgeIndex(core.QdrantIndex):
             self._shard.update(UpdateOperation.update_vectors([point]))
 
 
+def _stored_storage(shard_dir: Path) -> str | None:
+    """The schema.STORAGES name the shard's own config (edge_config.json) describes, a
+    description of an unknown layout, or None without a readable config (Edge's load says
+    what is wrong then). An index from before the choice existed reads as "float16"."""
+    try:
+        vectors = json.loads((shard_dir / "edge_config.json").read_text("utf-8"))["vectors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+    def kind(codes: dict[str, Any] | None) -> str | None:
+        if not codes:
+            return None
+        if "scalar" in codes:
+            return "int8"
+        if "binary" in codes:
+            return "binary2" if codes["binary"].get("encoding") == "two_bits" else "binary"
+        return "tq4" if "turbo" in codes else next(iter(codes))
+
+    found = {
+        name: (params.get("datatype", "float32"), kind(params.get("quantization_config")))
+        for name, params in vectors.items()
+    }
+    for name in schema.STORAGES:
+        wanted = schema.vector_storages(name)
+        if all(found.get(v) == (k.datatype, k.quantization) for v, k in wanted.items()):
+            return name
+    return ", ".join(f"{v}: {d}" + (f"+{q}" if q else "") for v, (d, q) in sorted(found.items()))
+
+
 # Edge rewrites edge_config.json (atomically, one page) on every open, so on a disk that is
 # 100% full (filled by something else) not even a read-only `pagerag info` could open the index.
 # A small file of our own, fully allocated while there is room, is given back in that case.
@@ -415,7 +541,14 @@ def _prefetches(stage: core.Stage) -> list[Prefetch] | None:
 
 
 def _params(stage: core.Stage) -> SearchParams | None:
-    return SearchParams(hnsw_ef=stage.hnsw_ef) if stage.hnsw_ef else None
+    if not stage.hnsw_ef and stage.rescore is None:
+        return None
+    quantization = None
+    if stage.rescore is not None:
+        quantization = QuantizationSearchParams(
+            rescore=True, oversampling=stage.rescore.oversampling
+        )
+    return SearchParams(hnsw_ef=stage.hnsw_ef, quantization=quantization)
 
 
 def _must(at: core.Where) -> Filter:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rag import patchmap
 from rag.types import PageEmbedding
 
 # Patch rows per band, so also the number of clusters (12 for 24 rows). 12 vectors take 3 KB a
@@ -57,9 +58,12 @@ def image_grid(emb: PageEmbedding) -> np.ndarray | None:
     """The image tokens as (rows, cols, d), or None when grid and offset do not fit the vectors."""
     rows, cols = emb.grid
     start = emb.image_offset
-    if rows < 1 or cols < 1 or start < 0 or start + rows * cols > len(emb.vectors):
+    # A token-pooled page: each patch gets its cluster's row back, so the k-means below weighs
+    # a cluster by the patches it stands for, as on an unpooled page.
+    vectors = patchmap.expand(emb.vectors, emb.grid, start, emb.patch_map)
+    if vectors is None or rows < 1 or cols < 1 or start < 0 or start + rows * cols > len(vectors):
         return None
-    tokens = np.asarray(emb.vectors[start : start + rows * cols], dtype=np.float32)
+    tokens = np.asarray(vectors[start : start + rows * cols], dtype=np.float32)
     return tokens.reshape(rows, cols, -1)  # row-major, as ColQwen2 lays out the merged patches
 
 

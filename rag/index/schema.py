@@ -10,8 +10,9 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,8 +22,8 @@ from rag.types import Hit, PageEmbedding, PageRecord, SearchFilter
 NAMESPACE = uuid.UUID("944471db-b43b-4c30-a808-6809f0deb56c")
 
 DIM = 128  # ColQwen2's projection size
-COLQWEN = "colqwen"  # full multivector: MaxSim, float16, no HNSW (exact rerank only)
-CLUSTERS = "clusters"  # ~12 token-cluster centroids (pooling.pool_clusters): MaxSim, float16,
+COLQWEN = "colqwen"  # full multivector: MaxSim, no HNSW (exact rerank only)
+CLUSTERS = "clusters"  # ~12 token-cluster centroids (pooling.pool_clusters): MaxSim,
 # with HNSW: the prefetch that picks the pages for the exact rerank
 
 # Search parameters, chosen in docs/BENCHMARKS.md: pages the prefetch hands to the exact MaxSim
@@ -37,9 +38,71 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 
 # The dense vectors, each a MaxSim multivector of DIM-wide unit rows (dot product) stored as
-# float16: name -> degree of its HNSW graph (m=0: no graph, the vector is only scored exactly,
-# in the rerank and exact search; the clusters' graph serves the prefetch).
+# `VectorStorage` says: name -> degree of its HNSW graph (m=0: no graph, the vector is only
+# scored exactly, in the rerank and exact search; the clusters' graph serves the prefetch).
 VECTOR_HNSW_M = {COLQWEN: 0, CLUSTERS: HNSW_M}
+
+
+@dataclass(frozen=True)
+class VectorStorage:
+    """How Qdrant keeps one multivector. `datatype` is the primary storage: float16, or
+    TurboQuant codes of 8 or 4 bits a value *instead of* the floats ("turbo8", "turbo4": only
+    the codes are stored; Qdrant scores the float query against the decoded codes).
+    `quantization` adds compressed codes *beside* the primary storage (more disk, less RAM
+    to search them): "int8" (scalar), "binary" (1 bit, query in 8 bits), "binary2" (2 bits),
+    "tq4" (TurboQuant 4 bits); searches score the codes and rescore the best with the
+    primary values (`Storage.oversampling`)."""
+
+    datatype: Literal["float16", "turbo8", "turbo4"] = "float16"
+    quantization: Literal["int8", "binary", "binary2", "tq4"] | None = None
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A `PAGERAG_VECTOR_STORAGE` choice: the full multivector's and the pooled vectors'."""
+
+    full: VectorStorage
+    pooled: VectorStorage = VectorStorage()
+    # With quantization: candidates scored on the codes per result rescored with the primary
+    # values (Qdrant's QuantizationSearchParams.oversampling; None: Qdrant's default, 1).
+    oversampling: float | None = None
+
+
+# Measured in docs/BENCHMARKS.md ("Vector storage"); the names are PAGERAG_VECTOR_STORAGE values
+# and enter the index metadata (an index is searched with the storage it was built with).
+STORAGES: dict[str, Storage] = {
+    "float16": Storage(VectorStorage("float16")),
+    "turbo8": Storage(VectorStorage("turbo8")),
+    "turbo8-pooled8": Storage(VectorStorage("turbo8"), VectorStorage("turbo8")),
+    "turbo8-pooled-int8": Storage(VectorStorage("turbo8"), VectorStorage("float16", "int8")),
+    "turbo4": Storage(VectorStorage("turbo4")),
+    "int8": Storage(VectorStorage("float16", "int8"), oversampling=2.0),
+    "binary": Storage(VectorStorage("float16", "binary"), oversampling=4.0),
+    "binary2": Storage(VectorStorage("float16", "binary2"), oversampling=4.0),
+    "tq4": Storage(VectorStorage("float16", "tq4"), oversampling=2.0),
+}
+DEFAULT_STORAGE = "turbo8"
+# The index metadata key that records the storage (rag/service.py `index_meta`); an index
+# made before the choice existed has none and stores float16.
+STORAGE_META_KEY = "vector_storage"
+LEGACY_STORAGE = "float16"
+
+
+def storage(name: str) -> Storage:
+    try:
+        return STORAGES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown vector storage {name!r}; choose one of {', '.join(STORAGES)} "
+            "(PAGERAG_VECTOR_STORAGE)"
+        ) from None
+
+
+def vector_storages(name: str) -> dict[str, VectorStorage]:
+    """Dense vector name -> its `VectorStorage` under the storage choice `name`."""
+    chosen = storage(name)
+    return {COLQWEN: chosen.full, CLUSTERS: chosen.pooled}
+
 
 # Payload indexes: field -> "keyword" | "integer".
 PAYLOAD_INDEXES = {
@@ -109,6 +172,8 @@ def record_to_payload(record: PageRecord) -> dict[str, Any]:
         "tags": list(record.tags),
         "ingested_at": record.ingested_at,
         **source_payload(record.source, record.sources),
+        # Only on token-pooled pages (PAGERAG_POOL_FACTOR > 1), so other payloads stay as they were.
+        **({"patch_map": record.patch_map} if record.patch_map else {}),
     }
 
 
@@ -129,6 +194,7 @@ def payload_to_record(payload: dict[str, Any]) -> PageRecord:
         sources=tuple(payload.get("sources", ())),
         ingested_at=payload.get("ingested_at", ""),
         text_origin=payload.get("text_origin", "pdf"),
+        patch_map=payload.get("patch_map", ""),
     )
 
 
@@ -144,6 +210,7 @@ def payload_to_hit(payload: dict[str, Any], score: float) -> Hit:
         grid=_grid(payload),
         image_offset=int(payload.get("image_offset", 0)),
         text_origin=payload.get("text_origin", "pdf"),
+        patch_map=payload.get("patch_map", ""),
     )
 
 

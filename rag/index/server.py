@@ -19,8 +19,40 @@ from rag.index import core, schema
 from rag.index.base import IndexMismatchError, IndexUnavailableError, permanent_error
 from rag.index.text import TEXT
 
+_DATATYPES = {
+    "float16": models.Datatype.FLOAT16,
+    "turbo8": models.Datatype.TURBO8,
+    "turbo4": models.Datatype.TURBO4,
+}
 
-def vectors_config() -> dict[str, models.VectorParams]:
+
+def _quantization(kind: str | None) -> models.QuantizationConfig | None:
+    """The codes kept beside the primary storage (schema.VectorStorage), as in edge.py."""
+    if kind is None:
+        return None
+    if kind == "int8":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99)
+        )
+    if kind in ("binary", "binary2"):
+        encoding = models.BinaryQuantizationEncoding
+        return models.BinaryQuantization(
+            binary=models.BinaryQuantizationConfig(
+                encoding=encoding.TWO_BITS if kind == "binary2" else encoding.ONE_BIT,
+                query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS,
+            )
+        )
+    if kind == "tq4":
+        return models.TurboQuantization(
+            turbo=models.TurboQuantQuantizationConfig(bits=models.TurboQuantBitSize.BITS4)
+        )
+    raise ValueError(f"unknown quantization {kind!r}")
+
+
+def vectors_config(storage: str = schema.DEFAULT_STORAGE) -> dict[str, models.VectorParams]:
+    """The dense vectors, kept as the schema.STORAGES choice `storage` says. qdrant-client's
+    local mode ignores datatype and quantization (it keeps what it is sent: float16 values)."""
+    kept = schema.vector_storages(storage)
     return {
         name: models.VectorParams(
             size=schema.DIM,
@@ -28,7 +60,8 @@ def vectors_config() -> dict[str, models.VectorParams]:
             multivector_config=models.MultiVectorConfig(
                 comparator=models.MultiVectorComparator.MAX_SIM
             ),
-            datatype=models.Datatype.FLOAT16,
+            datatype=_DATATYPES[kept[name].datatype],
+            quantization_config=_quantization(kept[name].quantization),
             hnsw_config=models.HnswConfigDiff(m=m, ef_construct=schema.HNSW_EF_CONSTRUCT),
         )
         for name, m in schema.VECTOR_HNSW_M.items()
@@ -63,6 +96,7 @@ class ServerIndex(core.QdrantIndex):
         batch_size: int = 16,
         upload_workers: int = 4,
         local_path: str | Path | None = None,
+        storage: str | None = None,
     ):
         """Use `client` (closed by `close()`); create `collection` if it does not exist.
 
@@ -70,7 +104,9 @@ class ServerIndex(core.QdrantIndex):
         `batch_size` pages per upsert request: a ~750-row page is ~1 MB of JSON, so 16 pages
         stay well below the server's default 32 MB request limit; `upload_workers` requests
         are in flight at once (a cluster spreads them over its shards). `local_path` is only
-        used by `bytes_on_disk()`.
+        used by `bytes_on_disk()`. `storage`: how a new collection keeps its vectors
+        (schema.STORAGES); the index metadata records it (rag/service.py `index_meta`); None:
+        the existing collection's own, schema.DEFAULT_STORAGE for a new one.
         """
         if min(prefetch_limit, batch_size, upload_workers, 1 if hnsw_ef is None else hnsw_ef) < 1:
             raise ValueError(
@@ -82,6 +118,9 @@ class ServerIndex(core.QdrantIndex):
         self.hnsw_ef = hnsw_ef
         self.batch_size = batch_size
         self.upload_workers = upload_workers
+        if storage is not None:
+            schema.storage(storage)  # a ValueError naming the choices
+        self.storage = storage or schema.DEFAULT_STORAGE
         self._local_path = Path(local_path) if local_path is not None else None
         try:
             exists = client.collection_exists(collection)
@@ -93,6 +132,10 @@ class ServerIndex(core.QdrantIndex):
             ) from exc
         if exists:
             self._check_vectors()
+            if storage is None:  # the collection's own (its metadata says; float16 before)
+                meta = self.read_meta()
+                if meta is not None:
+                    self.storage = meta.get(schema.STORAGE_META_KEY, schema.LEGACY_STORAGE)
         else:
             self._create(shard_number, replication_factor)
 
@@ -125,13 +168,23 @@ class ServerIndex(core.QdrantIndex):
         return cls(client, collection, local_path=path, **kwargs)
 
     def _create(self, shard_number: int, replication_factor: int) -> None:
-        self.client.create_collection(
-            self.collection,
-            vectors_config=vectors_config(),
-            sparse_vectors_config=sparse_vectors_config(),
-            shard_number=shard_number,
-            replication_factor=replication_factor,
-        )
+        try:
+            self.client.create_collection(
+                self.collection,
+                vectors_config=vectors_config(self.storage),
+                sparse_vectors_config=sparse_vectors_config(),
+                shard_number=shard_number,
+                replication_factor=replication_factor,
+            )
+        except Exception as exc:  # transports raise their own types
+            if self.storage == "float16" or not permanent_error(exc):  # only a refusal
+                raise
+            raise IndexUnavailableError(
+                f"The Qdrant server did not create collection {self.collection!r} with vector "
+                f"storage {self.storage!r} ({type(exc).__name__}: {exc}). Storages other than "
+                "float16 need a server that knows them (Qdrant 1.20, as docker/compose.yaml "
+                "pins): upgrade it, or set PAGERAG_VECTOR_STORAGE=float16."
+            ) from exc
         # Local mode ignores payload indexes (it warns); servers need them for fast filters.
         if self._is_local():
             return
@@ -351,7 +404,14 @@ def _prefetches(stage: core.Stage) -> list[models.Prefetch] | None:
 
 
 def _params(stage: core.Stage) -> models.SearchParams | None:
-    return models.SearchParams(hnsw_ef=stage.hnsw_ef) if stage.hnsw_ef else None
+    if not stage.hnsw_ef and stage.rescore is None:
+        return None
+    quantization = None
+    if stage.rescore is not None:
+        quantization = models.QuantizationSearchParams(
+            rescore=True, oversampling=stage.rescore.oversampling
+        )
+    return models.SearchParams(hnsw_ef=stage.hnsw_ef, quantization=quantization)
 
 
 def _vector(vector: list[list[float]] | SparseVector) -> Any:

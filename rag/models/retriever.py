@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rag import patchmap
 from rag.config import Settings
 from rag.models import registry
 from rag.models.device import resolve_device_dtype
@@ -201,6 +202,46 @@ class Retriever:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+def pool_pages(pages: Sequence[PageEmbedding], factor: int) -> list[PageEmbedding]:
+    """`pool_page` on each page (PAGERAG_POOL_FACTOR; 1 leaves them as they are)."""
+    return [pool_page(page, factor) for page in pages]
+
+
+def pool_page(emb: PageEmbedding, factor: int) -> PageEmbedding:
+    """The page's image-token rows merged into about 1/factor as many by colpali-engine's
+    hierarchical pooler (Ward clustering; each row the unit mean of one cluster's patches).
+
+    Only the image tokens are pooled: the prompt's ~15 prefix and suffix rows are the same
+    words on every page, a few percent of the bytes, and pooling them with patches would put
+    an instruction token's vector into a patch cluster (and break the contiguous run of image
+    rows that `image_offset` and the patch map describe). The grid stays the patch grid; the
+    patch map (rag/patchmap.py) says which pooled row stands for each patch. Pooled rows are
+    ordered by their first patch, so consecutive rows still read the page top to bottom.
+    """
+    rows, cols = emb.grid
+    n, start = rows * cols, emb.image_offset
+    if factor <= 1 or n < 2 or emb.patch_map or start + n > len(emb.vectors):
+        return emb  # off, already pooled, or no usable grid (nothing to map back)
+    from colpali_engine.compression.token_pooling import HierarchicalTokenPooler
+
+    image = torch.from_numpy(np.ascontiguousarray(emb.vectors[start : start + n]))
+    out = HierarchicalTokenPooler().pool_embeddings([image], pool_factor=factor, return_dict=True)
+    # Its pooled rows are the non-empty clusters in id order.
+    members = [idx for (idx,) in out.cluster_id_to_indices[0].values() if idx.numel()]
+    pooled = out.pooled_embeddings[0].numpy()
+    order = sorted(range(len(members)), key=lambda c: int(members[c].min()))
+    patch_map = np.empty(n, dtype=np.int64)
+    for row, cluster in enumerate(order):
+        patch_map[members[cluster].numpy()] = row
+    vectors = np.concatenate([emb.vectors[:start], pooled[order], emb.vectors[start + n :]], axis=0)
+    return PageEmbedding(
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        grid=emb.grid,
+        image_offset=start,
+        patch_map=patchmap.encode(patch_map),
+    )
+
+
 def _batches(sizes: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar size (ascending), each a list of input positions."""
     order = sorted(range(len(sizes)), key=sizes.__getitem__)
@@ -296,4 +337,4 @@ def _load_processor(
     return processor
 
 
-__all__ = ["EmbeddingError", "ModelLoadError", "Retriever"]
+__all__ = ["EmbeddingError", "ModelLoadError", "Retriever", "pool_page", "pool_pages"]

@@ -1,11 +1,13 @@
 """One contract, every backend: Qdrant Edge, qdrant-client local mode (memory and directory) and,
 when PAGERAG_QDRANT_URL is set, a real Qdrant server (`-m qdrant_server`).
 
-The oracle for scores is colpali-engine's `score_multi_vector` on the same float16-rounded page
-and query vectors Qdrant scores (it stores float16 and rounds the query to match). Tolerance
-rtol=1e-3, atol=1e-2 as for any float16 data: Qdrant sums in its own (SIMD) order. Observed here:
-below 1e-6 on the same rounded values, 1.5e-4 against a float32 query. Ids and order must match
-exactly.
+The oracle for scores is colpali-engine's `score_multi_vector` on the page vectors the index
+keeps (`page_vectors`: the float16 values, or the decoded TurboQuant codes of a "turbo8" index)
+and the float16-rounded query Qdrant scores (core.py rounds it so every backend agrees). So
+"exact" means exact MaxSim over the stored representation, whichever `PAGERAG_VECTOR_STORAGE`
+chose. Tolerance rtol=1e-3, atol=1e-2 as for any float16 data: Qdrant sums in its own (SIMD)
+order. Observed here: below 1e-6 on the same rounded values, 1.5e-4 against a float32 query.
+Ids and order must match exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from qdrant_client import QdrantClient
 
 from rag.index import EdgeIndex, ServerIndex
 from rag.index.base import IndexMismatchError, PageIndex, check_meta
-from rag.index.schema import DIM, storage_rows
+from rag.index.schema import DEFAULT_STORAGE, DIM, storage_rows
 from rag.index.text import RRF_K
 from rag.types import PageEmbedding, PageRecord, SearchFilter
 
@@ -95,12 +97,23 @@ def corpus() -> Corpus:
     return make_corpus()
 
 
-def oracle(corpus: Corpus, query: np.ndarray, keep: Callable[[PageRecord], bool] = lambda r: True):
-    """[(doc_id, page, score)] best first, by colpali-engine on the stored (float16) values."""
+def oracle(
+    corpus: Corpus,
+    query: np.ndarray,
+    keep: Callable[[PageRecord], bool] = lambda r: True,
+    index: PageIndex | None = None,
+):
+    """[(doc_id, page, score)] best first, by colpali-engine on the stored values: those
+    `index` gives back (`page_vectors`), without one the float16 values."""
     chosen = [(r, e) for r, e in zip(corpus.records, corpus.embeddings, strict=True) if keep(r)]
     if not chosen:
         return []
-    pages = [torch.from_numpy(storage_rows(e.vectors)) for _, e in chosen]
+    if index is None:
+        pages = [torch.from_numpy(storage_rows(e.vectors)) for _, e in chosen]
+    else:
+        stored = [index.page_vectors(r.doc_id, r.page) for r, _ in chosen]
+        assert all(v is not None for v in stored)
+        pages = [torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in stored]
     # batch_size=1: every page scored on its own, so no zero padding rows can enter a max.
     q = torch.from_numpy(storage_rows(query))  # Qdrant rounds the query to float16 as well
     scores = ColQwen2Processor.score_multi_vector([q], pages, batch_size=1, device="cpu")
@@ -137,21 +150,22 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     collection = f"pagerag_test_{uuid.uuid4().hex[:12]}"
     opened: list[PageIndex] = []
 
-    def open_index(prefetch_limit: int = 200) -> PageIndex:
+    def open_index(prefetch_limit: int = 200, storage: str | None = DEFAULT_STORAGE) -> PageIndex:
+        kw = {"prefetch_limit": prefetch_limit, "storage": storage}
         if kind == "edge":
-            index: PageIndex = EdgeIndex(tmp_path / "index", prefetch_limit=prefetch_limit)
+            index: PageIndex = EdgeIndex(tmp_path / "index", **kw)  # type: ignore[arg-type]
         elif kind == "memory":
             if opened:
                 pytest.skip("an in-memory index cannot be reopened")
-            index = ServerIndex.local(None, prefetch_limit=prefetch_limit)
+            index = ServerIndex.local(None, **kw)
         elif kind == "local-path":
-            index = ServerIndex.local(tmp_path / "qdrant", prefetch_limit=prefetch_limit)
+            index = ServerIndex.local(tmp_path / "qdrant", **kw)
         else:
             index = ServerIndex.connect(
                 str(url),
                 api_key=os.environ.get("PAGERAG_QDRANT_API_KEY"),
                 collection=collection,
-                prefetch_limit=prefetch_limit,
+                **kw,
             )
         opened.append(index)
         return index
@@ -188,7 +202,7 @@ def test_reupsert_is_idempotent(index: PageIndex, corpus: Corpus) -> None:
     index.upsert(corpus.records, corpus.embeddings)
     assert index.count() == N_PAGES
     q = corpus.queries[0]
-    assert_matches(index.search(q, 5), oracle(corpus, q)[:5])
+    assert_matches(index.search(q, 5), oracle(corpus, q, index=index)[:5])
 
 
 def test_upsert_rejects_bad_input(index: PageIndex, corpus: Corpus) -> None:
@@ -216,7 +230,7 @@ def test_search_is_exact_maxsim_below_prefetch_limit(
     index: PageIndex, corpus: Corpus, k: int
 ) -> None:
     for q in corpus.queries:
-        expected = oracle(corpus, q)[:k]
+        expected = oracle(corpus, q, index=index)[:k]
         exact = index.search_exact(q, k)
         assert_matches(exact, expected)
         assert index.search(q, k) == exact  # same ids, same order, same scores
@@ -228,7 +242,7 @@ def test_search_exact_when_filter_leaves_few_pages(opener: Opener, corpus: Corpu
     index.upsert(corpus.records, corpus.embeddings)
     filters = SearchFilter(doc_ids=("d" * 64,))
     q = corpus.queries[1]
-    expected = oracle(corpus, q, lambda r: r.doc_id == "d" * 64)
+    expected = oracle(corpus, q, lambda r: r.doc_id == "d" * 64, index)
     assert_matches(index.search(q, 10, filters), expected)
 
 
@@ -244,7 +258,7 @@ def test_two_stage_search_finds_the_target_page(opener: Opener) -> None:
         record = clustered.records[target]
         assert (hits[0].doc_id, hits[0].page) == (record.doc_id, record.page)
         # The rerank is exact MaxSim on whatever the prefetch kept.
-        scores = {(d, p): s for d, p, s in oracle(clustered, query)}
+        scores = {(d, p): s for d, p, s in oracle(clustered, query, index=index)}
         for hit in hits:
             assert hit.score == pytest.approx(scores[hit.doc_id, hit.page], rel=RTOL, abs=ATOL)
 
@@ -288,7 +302,7 @@ def test_filters(index: PageIndex, corpus: Corpus, name: str) -> None:
     filters, docs = FILTERS[name]
     assert index.count(filters) == sum(DOCS[d][3] for d in docs)
     q = corpus.queries[2]
-    expected = oracle(corpus, q, lambda r: r.doc_id in docs)[:8]
+    expected = oracle(corpus, q, lambda r: r.doc_id in docs, index)[:8]
     assert_matches(index.search(q, 8, filters), expected)
     assert_matches(index.search_exact(q, 8, filters), expected)
 
@@ -335,7 +349,7 @@ def test_page_vectors_round_trip(index: PageIndex, corpus: Corpus) -> None:
     assert stored is not None
     assert stored.dtype == np.float32
     assert stored.shape == emb.vectors.shape
-    np.testing.assert_allclose(stored, emb.vectors, atol=1e-3)  # float16 storage
+    np.testing.assert_allclose(stored, emb.vectors, atol=1e-2)  # float16 or Turbo8 codes
     assert index.page_vectors(record.doc_id, 999) is None
 
 
@@ -558,7 +572,7 @@ def test_pages_without_visual_vectors_then_add_visual(opener: Opener, text_corpu
     )
     assert idx.count() == N_PAGES
     q = text_corpus.queries[0]
-    assert_matches(idx.search(q, 5), oracle(text_corpus, q, lambda r: r.doc_id != F)[:5])
+    assert_matches(idx.search(q, 5), oracle(text_corpus, q, lambda r: r.doc_id != F, idx)[:5])
     assert F not in {h.doc_id for h in idx.search_exact(q, N_PAGES)}
     [found] = idx.search_text(RARE, 5)
     assert (found.doc_id, found.page) == (F, 3)
@@ -567,7 +581,86 @@ def test_pages_without_visual_vectors_then_add_visual(opener: Opener, text_corpu
         assert idx.add_visual(records[i].doc_id, records[i].page, embeddings[i])
     assert not idx.add_visual("0" * 64, 1, embeddings[0])  # no such page: nothing written
     assert idx.count() == N_PAGES
-    assert_matches(idx.search_exact(q, 5), oracle(text_corpus, q)[:5])
+    assert_matches(idx.search_exact(q, 5), oracle(text_corpus, q, index=idx)[:5])
     page, [rare] = idx.page(F, 3), [r for r in records if (r.doc_id, r.page) == (F, 3)]
     assert page is not None and page.grid == rare.grid and RARE in page.text
     assert [(h.doc_id, h.page) for h in idx.search_text(RARE, 5)] == [(F, 3)]
+
+
+# -- vector storage (PAGERAG_VECTOR_STORAGE, schema.STORAGES) ---------------------------------
+
+# Primary storages: what they keep is what search_exact scores (the quantized options score
+# codes and rescore only the best, so their search is approximate by design).
+PRIMARY_STORAGES = ["float16", "turbo8"]
+
+
+@pytest.mark.parametrize("storage", PRIMARY_STORAGES)
+def test_exact_maxsim_over_the_stored_vectors(opener: Opener, corpus: Corpus, storage: str) -> None:
+    """search_exact, and search within the prefetch limit, are exact MaxSim over the stored
+    representation: colpali-engine on `page_vectors` (the decoded codes of "turbo8")."""
+    index = opener(storage=storage)
+    index.upsert(corpus.records, corpus.embeddings)
+    index.optimize()
+    record, emb = corpus.records[4], corpus.embeddings[4]
+    stored = index.page_vectors(record.doc_id, record.page)
+    assert stored is not None and stored.shape == emb.vectors.shape
+    error = float(np.abs(stored - storage_rows(emb.vectors)).max())
+    local = opener.kind != "edge"  # type: ignore[attr-defined]
+    if storage == "float16" or local:  # local mode ignores the datatype: float16 values
+        assert error == 0.0
+    else:  # 8-bit codes: close to the float16 values, not equal
+        assert 0.0 < error < 0.02
+    for q in corpus.queries:
+        expected = oracle(corpus, q, index=index)
+        assert_matches(index.search_exact(q, N_PAGES), expected)
+        assert_matches(index.search(q, 10), expected[:10])
+    filters = SearchFilter(doc_ids=("e" * 64,))
+    expected = oracle(corpus, corpus.queries[2], lambda r: r.doc_id == "e" * 64, index)
+    assert_matches(index.search(corpus.queries[2], 10, filters), expected)
+
+
+def test_index_built_with_another_storage_is_a_mismatch(opener: Opener, corpus: Corpus) -> None:
+    if opener.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("an in-memory index cannot be reopened")
+    index = opener(storage="float16")
+    index.upsert(corpus.records[:3], corpus.embeddings[:3])
+    meta = {"schema_version": 1, "vector_storage": "float16"}
+    check_meta(index, meta)
+    index.close()
+    # The metadata guard (rag/service.py index_meta) refuses it on every backend ...
+    reopened = opener(storage="float16")
+    with pytest.raises(IndexMismatchError, match=r"vector_storage.*re-index"):
+        check_meta(reopened, {**meta, "vector_storage": "turbo8"})
+    reopened.close()
+    if opener.kind == "edge":  # type: ignore[attr-defined]
+        # ... and Edge checks its shard's own config before loading it, metadata or not.
+        with pytest.raises(IndexMismatchError, match="PAGERAG_VECTOR_STORAGE=float16"):
+            opener(storage="turbo8")
+    # Unset, the storage is the existing index's own: an upgrade opens old indexes as they are.
+    again = opener(storage=None)
+    assert again.storage == "float16"
+    check_meta(again, meta)
+    again.close()
+
+
+def test_index_from_before_the_storage_setting_reads_as_float16(
+    opener: Opener, corpus: Corpus
+) -> None:
+    """An index whose metadata has no vector_storage / pool_factor (built before they existed)
+    stores float16, unpooled pages: it opens with those, and is refused with others."""
+    if opener.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("an in-memory index cannot be reopened")
+    index = opener(storage="float16")
+    index.upsert(corpus.records[:2], corpus.embeddings[:2])
+    index.write_meta({"schema_version": 1})
+    check_meta(index, {"schema_version": 1, "vector_storage": "float16", "pool_factor": 1})
+    with pytest.raises(IndexMismatchError, match=r"pool_factor: index has 1, settings say 3"):
+        check_meta(index, {"schema_version": 1, "vector_storage": "float16", "pool_factor": 3})
+    index.close()
+
+
+def test_unknown_storage_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="PAGERAG_VECTOR_STORAGE"):
+        EdgeIndex(tmp_path, storage="float8")
+    with pytest.raises(ValueError, match="turbo8"):
+        ServerIndex.local(None, storage="float8")

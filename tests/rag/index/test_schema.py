@@ -11,7 +11,7 @@ import pytest
 
 import rag.index
 from rag.config import Settings
-from rag.index import EdgeIndex, ServerIndex, open_index
+from rag.index import EdgeIndex, ServerIndex, open_index, schema
 from rag.index.pooling import pool_mean, pool_query
 from rag.index.schema import (
     NAMESPACE,
@@ -117,6 +117,7 @@ def test_open_index_defaults_to_edge(tmp_path: Path) -> None:
         assert index.backend == "qdrant-edge"
         assert index.path == tmp_path / "index"
         assert index.prefetch_limit == 7
+        assert index.storage == schema.DEFAULT_STORAGE  # unset: a new index gets the default
     finally:
         index.close()
 
@@ -137,6 +138,6 @@ def test_open_index_uses_the_server_url(monkeypatch: pytest.MonkeyPatch) -> None
     assert seen == dict(
         url="http://qdrant:6333", api_key="k", collection="c", prefetch_limit=50,
         hnsw_ef=1024, prefer_grpc=False, upload_workers=4,
-        shard_number=3, replication_factor=2,
+        shard_number=3, replication_factor=2, storage=None,
     )  # fmt: skip
     assert ServerIndex.backend == "qdrant-server"
