@@ -110,6 +110,16 @@ def resolve_docs(service: PageRAG, doc_ids: Sequence[str]) -> list[str]:
     return [service.resolve(d) for d in doc_ids if d and d.strip()]
 
 
+def search_filter(
+    service: PageRAG, doc_ids: Sequence[str], tags: Sequence[str] = ()
+) -> SearchFilter | None:
+    """The Ask tab's filter: these documents (ids checked server-side) and pages with any of
+    these tags; None when neither is given."""
+    ids = tuple(resolve_docs(service, doc_ids))
+    wanted = tuple(dict.fromkeys(t.strip() for t in tags if t and t.strip()))
+    return SearchFilter(doc_ids=ids, tags=wanted) if ids or wanted else None
+
+
 def ask(
     service: PageRAG,
     question: str,
@@ -121,6 +131,7 @@ def ask(
     mode: SearchMode | None = None,
     *,
     work: WorkQueue,
+    tags: Sequence[str] = (),
 ) -> Iterator[AskView]:
     """Show the question, then the retrieved pages as soon as retrieval ends, then stream
     the answer, then mark the cited pages. Earlier turns go to the model as the
@@ -131,7 +142,7 @@ def ask(
     view.chat.append({"role": "assistant", "content": ""})
     yield view.show(note="Finding the pages…")
     try:
-        filters = SearchFilter(doc_ids=tuple(resolve_docs(service, doc_ids))) if doc_ids else None
+        filters = search_filter(service, doc_ids, tags)
         with work.acquire() as ticket:
             answer = yield from _stream(service, ticket, question, k, filters, mode, view)
             pages = [_page(c) for c in answer.citations]
@@ -211,11 +222,13 @@ def search(
     doc_ids: Sequence[str] = (),
     *,
     work: WorkQueue,
+    tags: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """The `k` best pages, as JSON values (no server paths): doc_id, source, page, score."""
+    """The `k` best pages, as JSON values (no server paths): doc_id, source, page, score;
+    only from `doc_ids` and from pages with any of `tags` when given."""
     if not question or not question.strip():
         raise _Refused("type a question (or some words) to search for first")
-    filters = SearchFilter(doc_ids=tuple(resolve_docs(service, doc_ids))) if doc_ids else None
+    filters = search_filter(service, doc_ids, tags)
     with work.acquire():
         hits = service.search(question.strip(), k, filters, mode)
     return [
@@ -307,10 +320,11 @@ def _boxed(image: Any, page: dict[str, Any]) -> Any:
 
 @dataclass
 class LibraryView:
-    rows: list[list[Any]]  # source, pages, title, added, id
+    rows: list[list[Any]]  # source, pages, title, tags, added, id
     thumbnails: list[GalleryItem]
     choices: list[tuple[str, str]]  # (label, document id) for the filter and delete menus
     summary: str
+    tags: list[str] = field(default_factory=list)  # every tag in the library: the tag filter
 
 
 def library(service: PageRAG) -> LibraryView:
@@ -321,10 +335,74 @@ def library(service: PageRAG) -> LibraryView:
         if first.is_file():
             thumbs.append((str(first), f"{d.source} · {_count(d.pages, 'page')}"))
     return LibraryView(
-        rows=[[d.source, d.pages, d.title, d.ingested_at[:16], d.doc_id[:SHORT_ID]] for d in docs],
+        rows=[
+            [d.source, d.pages, d.title, ", ".join(d.tags), d.ingested_at[:16], d.doc_id[:SHORT_ID]]
+            for d in docs
+        ],
         thumbnails=thumbs,
         choices=[(f"{d.source} ({d.doc_id[:8]})", d.doc_id) for d in docs],
         summary=f"{_count(len(docs), 'document')}, {_count(sum(d.pages for d in docs), 'page')}",
+        tags=sorted({t for d in docs for t in d.tags}, key=str.lower),
+    )
+
+
+def row_document(service: PageRAG, row: Sequence[Any] | None) -> str | None:
+    """The full id of the document in a clicked table row (its last cell is the short id);
+    None when the row is gone or holds no id."""
+    if not row or not str(row[-1]).strip():
+        return None
+    try:
+        return service.resolve(str(row[-1]))
+    except UserError:  # deleted meanwhile
+        return None
+
+
+def document_fields(service: PageRAG, doc_id: str | None) -> tuple[str, str]:
+    """The title and the tags (comma-separated) of `doc_id`, to edit; empty for none."""
+    if not doc_id:
+        return "", ""
+    try:
+        info = service.document(doc_id)
+    except UserError:  # gone, or still being ingested: nothing to edit yet
+        return "", ""
+    return info.title, ", ".join(info.tags)
+
+
+def parse_tags(text: str | None) -> list[str]:
+    """Tags typed comma-separated ("finance, 2015"); blanks dropped."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What saving a document's title and tags shows: one line, and the fields as stored."""
+
+    message: str  # Markdown
+    title: str
+    tags: str
+    saved: bool
+
+
+def edit_document(service: PageRAG, doc_id: str | None, title: str, tags: str) -> Edit:
+    """Give `doc_id` this title and these tags (comma-separated; empty clears them). A
+    refused change (an empty or too long title, bad tags, an unknown id) stores nothing and
+    says why; the fields are given back as typed."""
+    try:
+        if not doc_id:
+            raise _Refused("choose a document first: click its row in the table")
+        info = service.update_document(doc_id, title=title or "", tags=parse_tags(tags))
+    except Exception as exc:
+        message = problem(exc)
+        if message is None:
+            raise
+        return Edit(f"**Not saved:** {message}", title, tags, saved=False)
+    shown_tags = ", ".join(info.tags) or "none"
+    return Edit(
+        f"Saved **{_escape(info.source or info.doc_id[:SHORT_ID])}**: title "
+        f"“{_escape(info.title)}”, tags: {_escape(shown_tags)}.",
+        info.title,
+        ", ".join(info.tags),
+        saved=True,
     )
 
 
@@ -336,6 +414,7 @@ def documents(service: PageRAG) -> list[dict[str, Any]]:
             "source": d.source,
             "title": d.title,
             "pages": d.pages,
+            "tags": list(d.tags),
             "added": d.ingested_at,
         }
         for d in sorted(service.documents(), key=lambda d: d.source.lower())

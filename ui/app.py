@@ -8,14 +8,18 @@ module only lays out components and connects events.
 
 Events that other programs may call (gradio_client, `/gradio_api/call/NAME`) are named: `ask`,
 `search`, `upload`, `delete`, `documents` and `status`; the rest are the page's own and hidden
-from the API. Document ids in `ask`, `search` and `delete` are checked on the server (a full
-id or a prefix of 4 or more hex digits), so a fresh session needs no refresh first.
+from the API (saving a document's title and tags too: the REST API's PATCH does that). Document
+ids in `ask`, `search` and `delete` are checked on the server (a full id or a prefix of 4 or
+more hex digits), so a fresh session needs no refresh first; `ask` and `search` take tags to
+filter by last, so older clients that send none still work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import gradio as gr
 
@@ -37,7 +41,7 @@ CSS = """
 #documents th, #documents td, #status th, #status td {
   word-break: normal !important; overflow-wrap: break-word !important; hyphens: none;
 }
-#documents th, #documents td:nth-child(2), #documents td:nth-child(5), #status td:first-child {
+#documents th, #documents td:nth-child(2), #documents td:nth-child(6), #status td:first-child {
   white-space: nowrap !important;
 }
 #status table { table-layout: auto; }
@@ -56,7 +60,7 @@ CSS = """
   }
 }
 """
-DOC_HEADERS = ["Source", "Pages", "Title", "Added (UTC)", "Id"]
+DOC_HEADERS = ["Source", "Pages", "Title", "Tags", "Added (UTC)", "Id"]
 INTRO = (
     "## PageRAG\nAsk questions about your PDFs (charts, tables and scans too): the answer is "
     "read from the page images and cites them like [1]. Other programs can use the "
@@ -67,11 +71,28 @@ POLL_SECONDS = 2.0  # the Library tab's refresh while an ingestion job runs
 BANNER_SECONDS = 2.0  # the banner's refresh while a model loads or downloads
 
 
+@dataclass(frozen=True)
+class Access:
+    """What the logged-in session may do, for a UI the server mounts per library. The session
+    is known by the user name it logged in with (`gr.Request.username`)."""
+
+    library: str  # the library this UI shows
+    root: str  # the library of the UI at the server's root
+    readable: Callable[[str | None], list[str]]  # the libraries the session may open
+    # Raises a UserError naming the key it needs unless the session may act as `role` here.
+    check: Callable[[str | None, str, str], None]  # (user name, role, action)
+
+
 def build_ui(
-    service: PageRAG, *, jobs: JobManager | None = None, work: WorkQueue | None = None
+    service: PageRAG,
+    *,
+    jobs: JobManager | None = None,
+    work: WorkQueue | None = None,
+    access: Access | None = None,
 ) -> gr.Blocks:
     """The UI for `service`; uploads run through `jobs` and model work waits in `work` (the
-    server's, when mounted there, so the UI and the API share one line and one job list)."""
+    server's, when mounted there, so the UI and the API share one line and one job list).
+    `access`: the library picker and the key's role (None: one library, no keys)."""
     settings = service.settings
     jobs = jobs or JobManager(service)
     work = work or WorkQueue(settings.queue_size, settings.request_timeout)
@@ -80,6 +101,8 @@ def build_ui(
         title="PageRAG", analytics_enabled=False, fill_width=True, delete_cache=(3600, 86400)
     ) as demo:
         gr.Markdown(INTRO)
+        if access is not None:
+            _library_picker(demo, access)
         # A model downloading (its progress, what works meanwhile) or unable to load (why, and
         # the setting to change); empty otherwise.
         banner = gr.Markdown(elem_id="banner", label="banner")
@@ -93,7 +116,7 @@ def build_ui(
                 status = gr.Markdown(elem_id="status", label="status")
                 refresh_status = gr.Button("Refresh", size="sm")
         _wire_ask(service, work, ask)
-        _wire_library(demo, service, jobs, lib, ask["doc_filter"])
+        _wire_library(demo, service, jobs, lib, ask["doc_filter"], ask["tag_filter"], access)
         refresh_status.click(lambda: actions.status(service, work), None, status, api_name="status")
         demo.load(lambda: actions.status(service, work), None, status, api_visibility=PRIVATE)
         _wire_banner(demo, service, banner, banner_timer, [ask, lib])
@@ -125,6 +148,42 @@ def _wire_banner(
     ask, lib = tabs
     for trigger in (ask["send"].click, ask["question"].submit, ask["find"].click, lib["add"].click):
         trigger(lambda: gr.Timer(active=True), None, timer, **quiet)
+
+
+def _library_picker(demo: gr.Blocks, access: Access) -> None:
+    """Links to the libraries this session's key may open, the one shown in bold. Plain links,
+    relative to this page (a server behind a path prefix keeps working): an event that only
+    runs JavaScript would break the Stop button's cancelling (gradio 6.31)."""
+    picker = gr.Markdown(elem_id="library-picker", label="libraries")
+
+    def link(name: str) -> str:
+        if name == access.library:
+            return f"**{name}**"
+        here_is_root = access.library == access.root
+        up = "" if here_is_root else "../../"
+        href = up if name == access.root else f"{up}libraries/{quote(name)}/"
+        return f"[{name}]({href or './'})"
+
+    def links(request: gr.Request) -> str:
+        names = access.readable(request.username) or [access.library]
+        return "Library: " + " · ".join(link(n) for n in names)
+
+    demo.load(links, None, picker, api_visibility=PRIVATE, show_progress="hidden")
+
+
+def _refusal(
+    access: Access | None, request: gr.Request | None, action: str, toast: bool = True
+) -> str | None:
+    """Why this session may not change the library (`action`: "uploading"), or None."""
+    if access is None:
+        return None
+    try:
+        access.check(getattr(request, "username", None), "write", action)
+    except Exception as exc:
+        if not toast and actions.problem(exc) is not None:
+            return str(exc)
+        return _warn(exc)
+    return None
 
 
 def _warn(exc: Exception) -> str:
@@ -220,6 +279,13 @@ def _ask_tab(ask_pages: int, search_mode: str) -> dict[str, Any]:
                     allow_custom_value=True,
                     label="Only these documents (empty: all)",
                 )
+                c["tag_filter"] = gr.Dropdown(
+                    choices=[],
+                    multiselect=True,
+                    allow_custom_value=True,
+                    label="Only pages with any of these tags (empty: all)",
+                    elem_id="tag-filter",
+                )
     # The conversation as shown lives on the server: the Chatbot is only ever an output, so an
     # event cannot hand the server a chat history of its own (with file objects in it).
     c["history"] = gr.State([])
@@ -249,13 +315,23 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
         docs: list | None,
         show_map: bool,
         mode: SearchMode,
+        tags: list | None,
     ) -> Iterator[tuple[Any, ...]]:
         if not question or not question.strip():
             gr.Warning("Type a question first.")
             return
         sent = -1
         steps = actions.ask(
-            service, question, chat, turns, int(k), docs or [], show_map, mode, work=work
+            service,
+            question,
+            chat,
+            turns,
+            int(k),
+            docs or [],
+            show_map,
+            mode,
+            work=work,
+            tags=tags or [],
         )
         for view in steps:
             if view.revision != sent:  # pages, chips or note changed: send everything
@@ -274,6 +350,7 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
         c["doc_filter"],
         c["show_map"],
         c["mode"],
+        c["tag_filter"],
     ]
     stop_on = (lambda: gr.Button(interactive=True), None, c["stop"])
     stop_off = (lambda: gr.Button(interactive=False), None, c["stop"])
@@ -296,9 +373,13 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
 
     c["stop"].click(on_stop, None, [c["note"], c["stop"]], cancels=asked, api_visibility=PRIVATE)
 
-    def on_search(question: str, k: float, mode: SearchMode, docs: list | None) -> Any:
+    def on_search(
+        question: str, k: float, mode: SearchMode, docs: list | None, tags: list | None
+    ) -> Any:
         try:
-            return actions.search(service, question, int(k), mode, docs or [], work=work)
+            return actions.search(
+                service, question, int(k), mode, docs or [], work=work, tags=tags or []
+            )
         except Exception as exc:
             raise gr.Error(_warn(exc)) from exc
 
@@ -309,7 +390,7 @@ def _wire_ask(service: PageRAG, work: WorkQueue, c: dict[str, Any]) -> None:
 
     c["find"].click(
         on_search,
-        [c["question"], c["k"], c["mode"], c["doc_filter"]],
+        [c["question"], c["k"], c["mode"], c["doc_filter"], c["tag_filter"]],
         c["hits"],
         api_name="search",
     ).success(
@@ -372,7 +453,7 @@ def _library_tab() -> dict[str, Any]:
                 wrap=True,
                 # Fixed widths: a phone scrolls the table sideways instead of squeezing
                 # "Pages" to a letter per line.
-                column_widths=["220px", "72px", "170px", "150px", "130px"],
+                column_widths=["220px", "72px", "170px", "150px", "150px", "130px"],
                 label="Documents",
                 elem_id="documents",
             )
@@ -388,7 +469,7 @@ def _library_tab() -> dict[str, Any]:
                 c["to_delete"] = gr.Dropdown(
                     choices=[],
                     allow_custom_value=True,
-                    label="Document to delete",
+                    label="Document (click its row in the table, or choose it here)",
                     scale=3,
                     min_width=180,
                     elem_id="to-delete",
@@ -400,6 +481,19 @@ def _library_tab() -> dict[str, Any]:
                 with gr.Row():
                     c["yes"] = gr.Button("Yes, delete it", variant="stop", elem_id="delete-yes")
                     c["no"] = gr.Button("Cancel", elem_id="delete-no")
+            # For the document chosen above; search filters by the tags as soon as it is saved.
+            with gr.Accordion("Edit title and tags", open=False, elem_id="edit-document") as c[
+                "edit"
+            ]:
+                c["title"] = gr.Textbox(label="Title", max_lines=1, elem_id="edit-title")
+                c["tags"] = gr.Textbox(
+                    label="Tags (comma-separated; empty: none)",
+                    placeholder="e.g. finance, 2015",
+                    max_lines=1,
+                    elem_id="edit-tags",
+                )
+                c["save"] = gr.Button("Save", variant="primary", elem_id="edit-save")
+                c["edit_result"] = gr.Markdown(elem_id="edit-result", label="edit result")
             c["timer"] = gr.Timer(POLL_SECONDS, active=False)
             c["seen"] = gr.State(())  # the listing last sent: unchanged ones are skipped
     return c
@@ -411,6 +505,8 @@ def _wire_library(
     jobs: JobManager,
     c: dict[str, Any],
     doc_filter: gr.Dropdown,
+    tag_filter: gr.Dropdown,
+    access: Access | None = None,
 ) -> None:
     listing = [
         c["summary"],
@@ -418,6 +514,7 @@ def _wire_library(
         c["thumbs"],
         c["to_delete"],
         doc_filter,
+        tag_filter,
         c["problems"],
         c["seen"],
     ]
@@ -426,12 +523,13 @@ def _wire_library(
     def refresh(
         to_delete: str | None = None,
         selected: list | None = None,
+        tags: list | None = None,
         seen: tuple = (),
         force: bool = True,
     ) -> tuple[Any, ...]:
         """The library's components; choices made in the menus are kept while their document
-        is still there. Unless `force`, an unchanged listing is not sent again (the timer's
-        refresh must not reset what the user is doing)."""
+        (or tag) is still there. Unless `force`, an unchanged listing is not sent again (the
+        timer's refresh must not reset what the user is doing)."""
         view = actions.library(service)
         problems = actions.folder_problems(jobs)
         signature = tuple(map(tuple, view.rows))
@@ -445,14 +543,20 @@ def _wire_library(
             view.thumbnails,
             gr.Dropdown(choices=view.choices, value=to_delete if to_delete in ids else None),
             gr.Dropdown(choices=view.choices, value=kept),
+            gr.Dropdown(choices=view.tags, value=[t for t in tags or [] if t in view.tags]),
             problems,
             signature,
         )
 
-    menus = [c["to_delete"], doc_filter, c["seen"]]
+    menus = [c["to_delete"], doc_filter, tag_filter, c["seen"]]
 
-    def on_add(files: list[str] | None, password: str | None) -> Iterator[tuple[Any, ...]]:
+    def on_add(
+        files: list[str] | None, password: str | None, request: gr.Request
+    ) -> Iterator[tuple[Any, ...]]:
         """The upload's progress, then its report (the library stays usable meanwhile)."""
+        if why := _refusal(access, request, "uploading"):
+            yield "", gr.skip(), gr.skip(), f"**Not added:** {why}"
+            return
         if not files:
             gr.Warning("Drop or choose some PDFs first.")
             return
@@ -481,28 +585,32 @@ def _wire_library(
     # Refresh the listing while the job runs (documents appear as they are stored).
     c["add"].click(lambda: gr.Timer(active=True), None, c["timer"], **quiet)
 
-    def on_tick(to_delete: str | None, selected: list | None, seen: tuple) -> tuple[Any, ...]:
+    def on_tick(
+        to_delete: str | None, selected: list | None, tags: list | None, seen: tuple
+    ) -> tuple[Any, ...]:
         still = actions.any_running(jobs)
-        return (*refresh(to_delete, selected, seen, force=False), gr.Timer(active=still))
+        return (*refresh(to_delete, selected, tags, seen, force=False), gr.Timer(active=still))
 
     c["timer"].tick(on_tick, menus, [*listing, c["timer"]], **quiet)
 
-    def on_load(to_delete: str | None, selected: list | None) -> tuple[Any, ...]:
-        return (*refresh(to_delete, selected), gr.Timer(active=actions.any_running(jobs)))
+    def on_load(to_delete: str | None, selected: list | None, tags: list | None) -> tuple[Any, ...]:
+        return (*refresh(to_delete, selected, tags), gr.Timer(active=actions.any_running(jobs)))
 
-    # Fill the library (and the Ask tab's document filter) whenever a browser opens the page;
-    # while a start-up ingestion runs, the timer keeps it current.
-    demo.load(on_load, menus[:2], [*listing, c["timer"]], **quiet)
+    # Fill the library (and the Ask tab's document and tag filters) whenever a browser opens
+    # the page; while a start-up ingestion runs, the timer keeps it current.
+    demo.load(on_load, menus[:3], [*listing, c["timer"]], **quiet)
     c["refresh"].click(refresh, menus, listing, **quiet)
 
     def documents() -> list[dict[str, Any]]:
-        """The library: doc_id, source, title, pages, added (UTC), sorted by source."""
+        """The library: doc_id, source, title, pages, tags, added (UTC), sorted by source."""
         return actions.documents(service)
 
     gr.api(documents, api_name="documents")
 
     # Deleting asks first, naming what goes; API clients call `delete` directly.
-    def on_ask_delete(doc_id: str | None) -> tuple[Any, ...]:
+    def on_ask_delete(doc_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        if why := _refusal(access, request, "deleting a document"):
+            return gr.Group(visible=False), "", f"**Not deleted:** {why}"
         try:
             text = actions.delete_prompt(service, doc_id)
         except Exception as exc:
@@ -515,9 +623,34 @@ def _wire_library(
     c["no"].click(*hide, **quiet)
     c["to_delete"].change(*hide, **quiet)
 
-    def on_delete(doc_id: str | None) -> tuple[Any, ...]:
+    def on_delete(doc_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        if why := _refusal(access, request, "deleting a document"):
+            return f"**Not deleted:** {why}", gr.Group(visible=False)
         return actions.delete(service, doc_id), gr.Group(visible=False)
 
     c["yes"].click(on_delete, c["to_delete"], [c["report"], c["confirm"]], api_name="delete").then(
+        refresh, menus, listing, **quiet
+    )
+
+    # A click on a table row chooses its document (for editing and deleting).
+    def on_row(event: gr.SelectData) -> Any:
+        doc_id = actions.row_document(service, event.row_value)
+        return doc_id if doc_id else gr.skip()
+
+    c["table"].select(on_row, None, c["to_delete"], **quiet)
+    fields = [c["title"], c["tags"]]
+
+    def on_choose(doc_id: str | None) -> tuple[Any, ...]:
+        return (*actions.document_fields(service, doc_id), "")
+
+    c["to_delete"].change(on_choose, c["to_delete"], [*fields, c["edit_result"]], **quiet)
+
+    def on_save(doc_id: str | None, title: str, tags: str, request: gr.Request) -> tuple[Any, ...]:
+        if why := _refusal(access, request, "editing a document"):
+            return f"**Not saved:** {why}", gr.skip(), gr.skip()
+        edit = actions.edit_document(service, doc_id, title, tags)
+        return edit.message, edit.title, edit.tags
+
+    c["save"].click(on_save, [c["to_delete"], *fields], [c["edit_result"], *fields], **quiet).then(
         refresh, menus, listing, **quiet
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,9 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.routing import Match
 
-from rag.config import Settings
 from rag.errors import UserError, log_failure
 from rag.keys import KeyRing
-from rag.libraries import Libraries, pages_root
+from rag.libraries import Libraries
 from rag.models.download import DOWNLOADS
 from rag.server.deps import library_param
 from rag.server.guard import Gate, Limits, MiB, ReceivedUploads, RequestGuard
@@ -93,6 +92,8 @@ def create_app(
         library_jobs.resume_all(libraries)
         async with app.state.mcp.running():  # the MCP SDK's sessions live in the lifespan
             yield
+        if (webui := getattr(app.state, "webui", None)) is not None:
+            await webui.close()  # the libraries' UIs started on first use
         library_jobs.close_all()
         libraries.close(keep=service)  # the caller closes its own service
 
@@ -143,7 +144,10 @@ def create_app(
     if not keys.enabled:
         _drop_security(app)
     if ui:
-        gate.ui_logged_in = _mount_ui(app, service, jobs, work)
+        from rag.server.webui import WebUI  # Gradio: imported only with the UI
+
+        app.state.webui = webui = WebUI(app, service, library_jobs.get, work, libraries, keys)
+        gate.ui_logged_in = webui.logged_in
     return app
 
 
@@ -344,69 +348,3 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(UserError, known)
     app.add_exception_handler(Exception, bug)
-
-
-def _private_paths(settings: Settings) -> list[Path]:
-    """What the data directory holds besides the page images: never served by the UI."""
-    manifest = settings.manifest_path
-    journals = [manifest.with_name(manifest.name + s) for s in ("-wal", "-shm", "-journal")]
-    return [settings.index_dir, settings.uploads_dir, manifest, *journals]
-
-
-def _mount_ui(
-    app: FastAPI, service: PageRAG, jobs: JobManager, work: WorkQueue
-) -> Callable[[dict[str, str]], bool]:
-    """Mounts the web UI at `/`; returns the check of whether cookies are a UI login."""
-    import gradio as gr
-
-    from ui.app import CSS, THEME, build_ui
-
-    settings = service.settings
-    ring: KeyRing = app.state.keys
-
-    def login(username: str, password: str) -> bool:
-        return ring.authenticate(password) is not None
-
-    kwargs: dict[str, Any] = {}
-    if ring.enabled:
-        kwargs["auth"] = login
-        kwargs["auth_message"] = "Enter any user name and one of the server's API keys."
-    blocks = build_ui(service, jobs=jobs, work=work)
-    root = app.state.libraries.root
-    gr.mount_gradio_app(
-        app,
-        blocks,
-        path="/",
-        # Page images are shown straight from the data directory, and nothing else from it:
-        # Gradio serves only these, its own upload folder and its cache; the rest of the data
-        # directory is blocked as well, in case a wider folder is ever allowed.
-        allowed_paths=[str(settings.images_dir), str(pages_root(root))],
-        blocked_paths=[str(p) for p in _private_paths(root)] + [str(root.data_dir / "libraries")],
-        max_file_size=f"{settings.max_upload_mb}mb",
-        ssr_mode=False,
-        footer_links=["settings"],  # the REST API docs are linked from the page
-        # No run history: it would keep questions and answers in the browser and offers to
-        # upload them to a Hugging Face bucket; fewer routes, nothing leaves the server.
-        run_history=False,
-        theme=THEME,
-        css=CSS,
-        **kwargs,
-    )
-    # Gradio checks the file paths in event inputs (only its upload folder) and outputs
-    # (allowed_paths, blocked_paths) only once `has_launched` is set, which `launch()` does and
-    # mounting does not (gradio 6.x, `processing_utils._check_allowed`; pinned in pyproject and
-    # tested in tests/ui/test_event_files.py). The guard's own check comes first; this is the
-    # second line.
-    blocks.has_launched = True
-    # Gradio's own app (its login tokens) is the app of the mount at "" (routes are typed
-    # BaseRoute, which has no `.app`).
-    [ui_app] = [r.app for r in app.routes if getattr(r, "path", None) == ""]  # type: ignore[attr-defined]
-
-    def logged_in(jar: dict[str, str]) -> bool:
-        cookie_id = ui_app.cookie_id
-        token = jar.get(f"access-token-{cookie_id}") or jar.get(
-            f"access-token-unsecure-{cookie_id}"
-        )
-        return token is not None and token in ui_app.tokens
-
-    return logged_in

@@ -68,6 +68,21 @@ GRADIO_UPLOAD = "/gradio_api/upload"
 # Gradio routes that answer without its login check (gradio 6.x): with keys set, the gate asks
 # for a UI login there too.
 UNCHECKED_UI_ROUTES = re.compile(r"^/gradio_api/(cancel|reset|startup-events|heartbeat)(/|$)")
+# A library's routes: its REST API under /api/v1/libraries/NAME, its web UI under
+# /libraries/NAME. The checks above apply to them as to the default library's (`unscoped`).
+_LIBRARY_PATH = re.compile(
+    r"^(?P<api>/api/v1)?/libraries/(?P<name>[a-z0-9][a-z0-9_-]{0,39})(?=/|$)"
+)
+
+
+def unscoped(path: str) -> tuple[str, str | None]:
+    """(`path` as the default library's, the library it names or None): "/libraries/a/gradio_api/
+    upload" -> ("/gradio_api/upload", "a"); "/api/v1/libraries/a/documents" -> ("/api/v1/
+    documents", "a"). The library routes themselves (/api/v1/libraries/a) are left as they are."""
+    found = _LIBRARY_PATH.match(path)
+    if found is None or (found["api"] and found.end() == len(path)):
+        return path, None
+    return (found["api"] or "") + (path[found.end() :] or "/"), found["name"]
 
 
 @dataclass(frozen=True)
@@ -120,10 +135,14 @@ class Gate:
     routes that do not check it themselves. Open when no keys are configured."""
 
     ring: KeyRing | None = None  # None or not `enabled`: open
-    # Set once the UI is mounted: whether these cookies belong to a logged-in UI session.
-    ui_logged_in: Callable[[dict[str, str]], bool] | None = None
+    # Set once the UI is mounted: whether these cookies belong to a logged-in session of the
+    # UI of this library (None: the UI at /, the server's own library).
+    ui_logged_in: Callable[[dict[str, str], str | None], bool] | None = None
 
-    def refusal(self, path: str, headers: dict[bytes, bytes]) -> Refused | None:
+    def refusal(
+        self, path: str, headers: dict[bytes, bytes], library: str | None = None
+    ) -> Refused | None:
+        """`path`, `library`: what `unscoped` makes of the request path."""
         if self.ring is None or not self.ring.enabled:
             return None
         if path == "/api/v1" or path.startswith("/api/v1/"):
@@ -142,7 +161,7 @@ class Gate:
         elif (
             UNCHECKED_UI_ROUTES.match(path)
             and self.ui_logged_in is not None
-            and not self.ui_logged_in(cookies(headers))
+            and not self.ui_logged_in(cookies(headers), library)
         ):
             return Refused(401, "log in to the web UI first (a key is the password)")
         return None
@@ -353,13 +372,13 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = _app_path(scope)
+        path, library = unscoped(_app_path(scope))
         reason = file_route_refusal(path)
         if reason is not None:
             await _refuse(send, Refused(403, reason), receive)
             return
         headers = _headers(scope)
-        if (refused := self.gate.refusal(path, headers)) is not None:
+        if (refused := self.gate.refusal(path, headers, library)) is not None:
             await _refuse(send, refused, receive)
             return
         upload = path in UPLOAD_PATHS

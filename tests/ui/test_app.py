@@ -44,6 +44,7 @@ def test_build_ui_builds_without_launching(service: PageRAG) -> None:
     assert tabs == ["Ask", "Library", "Status"]
     ids = {b.elem_id for b in demo.blocks.values()}
     assert {"chat", "question", "pages", "citations", "show-map", "upload", "documents"} <= ids
+    assert {"tag-filter", "edit-title", "edit-tags", "edit-save", "edit-result"} <= ids
     assert "banner" in ids
 
 
@@ -163,7 +164,7 @@ def test_upload_reports_progress_and_plain_errors_then_delete(
     assert "2 files of the start-up folder" in problems and "**empty.pdf**" in problems
     view = actions.library(service)
     row = next(r for r in view.rows if r[0] == "board minutes.pdf")
-    assert row[1] == 3 and len(row[4]) == actions.SHORT_ID
+    assert row[1] == 3 and len(row[-1]) == actions.SHORT_ID
     assert any(c.startswith("board minutes.pdf") for _, c in view.thumbnails)
     doc_id = next(v for label, v in view.choices if label.startswith("board minutes.pdf"))
     prompt = actions.delete_prompt(service, doc_id)
@@ -177,6 +178,52 @@ def test_upload_reports_progress_and_plain_errors_then_delete(
     assert "pagerag" not in gone
     assert "Choose a document" in actions.delete(service, None)
     jobs.close()
+
+
+def test_edit_title_and_tags_then_search_by_the_new_tag(service: PageRAG, tmp_path: Path) -> None:
+    service.ingest([make_pdf(tmp_path / "in" / "agenda.pdf", ["Budget agenda for the board"])])
+    row = next(r for r in actions.library(service).rows if r[0] == "agenda.pdf")
+    doc_id = actions.row_document(service, row)  # a click on its table row chooses it
+    assert doc_id and len(doc_id) == 64
+    title, tags = actions.document_fields(service, doc_id)
+    assert title and tags == ""  # the PDF's own title, no tags yet
+    try:
+        edit = actions.edit_document(service, doc_id, "  Board  agenda ", "board, 2015 ,, board")
+        assert edit.saved and edit.title == "Board agenda" and edit.tags == "2015, board"
+        assert edit.message == "Saved **agenda.pdf**: title “Board agenda”, tags: 2015, board."
+        view = actions.library(service)
+        row = next(r for r in view.rows if r[0] == "agenda.pdf")
+        assert row[2:4] == ["Board agenda", "2015, board"]
+        assert {"2015", "board"} <= set(view.tags)  # the Ask tab's tag filter offers them
+        assert actions.document_fields(service, doc_id) == ("Board agenda", "2015, board")
+        found = actions.search(service, "Budget", 5, None, work=WORK, tags=["board"])
+        assert [h["source"] for h in found] == ["agenda.pdf"]
+        assert found[0]["title"] == "Board agenda"
+        final = list(
+            actions.ask(service, "Budget?", [], [], 3, [], False, work=WORK, tags=["2015"])
+        )
+        assert {p["source"] for p in final[-1].pages} == {"agenda.pdf"}
+        assert actions.search(service, "Budget", 5, None, work=WORK, tags=["nowhere"]) == []
+
+        # Refused: the message says why, and nothing changes.
+        for bad_title, bad_tags in [("", "x"), ("   ", "x"), ("t" * 301, "x"), ("ok", "y" * 65)]:
+            refused = actions.edit_document(service, doc_id, bad_title, bad_tags)
+            assert not refused.saved and refused.message.startswith("**Not saved:** ")
+            assert (refused.title, refused.tags) == (bad_title, bad_tags)  # kept as typed
+            words = "a title needs 1 to 300" if bad_title != "ok" else "at most 32 tags of 1 to 64"
+            assert words in refused.message, refused.message
+            assert actions.document_fields(service, doc_id) == ("Board agenda", "2015, board")
+        assert "choose a document first" in actions.edit_document(service, None, "T", "").message
+        gone = actions.edit_document(service, "abcdef12", "T", "")
+        assert "no document with id" in gone.message and "Library tab" in gone.message
+
+        cleared = actions.edit_document(service, doc_id[:8], "Board agenda", "")  # a prefix
+        assert cleared.saved and cleared.tags == "" and cleared.message.endswith("tags: none.")
+        assert actions.search(service, "Budget", 5, None, work=WORK, tags=["board"]) == []
+    finally:
+        service.delete(doc_id)
+    assert actions.row_document(service, row) is None  # deleted: the row chooses nothing
+    assert actions.document_fields(service, doc_id) == ("", "")
 
 
 def test_progress_text_names_the_stage_and_counts() -> None:

@@ -210,8 +210,23 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         assert service._model_lock.acquire(timeout=10)  # the generation let the model go
         service._model_lock.release()
 
-        # Delete asks first, naming the document and its pages; Cancel keeps it.
+        # A click on a row chooses its document; its title and tags can be edited and saved.
         page.get_by_role("tab", name="Library").click()
+        page.locator("#documents [role=gridcell]", has_text="quarterly-report.pdf").first.click()
+        page.get_by_text("Edit title and tags").click()
+        title = page.locator("#edit-title input")
+        page.wait_for_function("document.querySelector('#edit-title input').value !== ''")
+        title.fill("Quarterly report")
+        page.locator("#edit-tags input").fill("finance, q4")
+        page.locator("#edit-save").click()
+        page.wait_for_function(
+            "document.querySelector('#documents').innerText.includes('finance, q4')"
+        )
+        page.wait_for_timeout(500)  # the refresh re-sends the menu: the result line stays
+        assert "Saved quarterly-report.pdf" in page.inner_text("#edit-result")
+        assert "Quarterly report" in page.inner_text("#documents")
+
+        # Delete asks first, naming the document and its pages; Cancel keeps it.
         page.locator("#to-delete input").click()
         page.locator("#to-delete [role=option]", has_text="quarterly-report.pdf").click()
         page.get_by_role("button", name="Delete…").click()
@@ -373,7 +388,15 @@ def test_the_three_tabs_fit_a_phone(
         )
         settle(page, "#thumbs")
         library = page.evaluate(
-            LAYOUT_PROBLEMS, ["#documents", "#thumbs", "#library-summary", "#upload"]
+            LAYOUT_PROBLEMS,
+            [
+                "#documents",
+                "#thumbs",
+                "#library-summary",
+                "#upload",
+                "#to-delete",
+                "#edit-document",
+            ],
         )
         page.screenshot(path=str(tmp_path / "ui-phone-library.png"), full_page=True)
 

@@ -56,6 +56,15 @@ def test_the_public_endpoints_have_names_and_labels(server: str) -> None:
         "docs",
         "show_map",
         "mode",
+        "tags",  # last, with a default: clients that send five values still work
+    ]
+    search = api["named_endpoints"]["/search"]
+    assert [p["parameter_name"] for p in search["parameters"]] == [
+        "question",
+        "k",
+        "mode",
+        "docs",
+        "tags",
     ]
     for endpoint in api["named_endpoints"].values():  # every value has a name of its own
         assert not [r for r in endpoint["returns"] if r["label"].startswith("value_")]
@@ -70,6 +79,7 @@ def test_search_and_documents_return_json(server: str, service: PageRAG) -> None
     hits = c.predict("Revenue 2015", 3, "text", [], api_name="/search")
     assert hits and hits[0]["source"] == "report.pdf" and hits[0]["page"] == 1
     assert set(hits[0]) == {"label", "doc_id", "source", "title", "page", "score"}
+    assert c.predict("Revenue 2015", 3, "text", [], ["no-such-tag"], api_name="/search") == []
     # A fresh session filters by an id prefix it never saw in a menu (resolved server-side).
     [minutes] = [d["doc_id"] for d in docs if d["source"] == "minutes.pdf"]
     only = client(server).predict("Budget", 5, "visual", [minutes[:8]], api_name="/search")
