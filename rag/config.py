@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # Scoped keys (rag/keys.py, `pagerag keys add`): names, roles, libraries and key hashes,
     # re-read by a running server when it changes. Default: PAGERAG_DATA_DIR/keys.json.
     keys_file: Path | None = None
+    # The key CLI commands send to a running server (a scoped key from `pagerag keys add`, or
+    # one of PAGERAG_API_KEYS); unset: the first of PAGERAG_API_KEYS. The server ignores it.
+    key: SecretStr | None = None
     max_upload_mb: int = Field(default=200, ge=1)  # one upload request, all its files together
     # One GPU serves everybody: model work runs one request at a time, at most `queue_size`
     # more wait (then 429), and none waits or runs past `request_timeout` seconds (then 504).

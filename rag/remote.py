@@ -231,8 +231,9 @@ class RemotePageRAG:
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
         self.url = url
-        keys = settings.api_key_list
-        headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+        key = settings.key.get_secret_value().strip() if settings.key else ""
+        key = key or next(iter(settings.api_key_list), "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         # Reads wait as long as the server lets a request run (PAGERAG_REQUEST_TIMEOUT).
         timeout = httpx.Timeout(settings.request_timeout + 30, connect=10)
         # A library's own routes: the server may have been started on another one.
@@ -591,5 +592,8 @@ def _raise_status(status: int, detail: str, url: str) -> None:
     if status in (400, 404, 409, 422):  # the request as asked: as the service's own errors
         raise ServerRefused(message)
     if status == 401:
-        message += "; this shell's PAGERAG_API_KEYS must hold one of the server's keys"
+        message += (
+            "; set PAGERAG_KEY to a key of the server (`pagerag keys add NAME --role read` makes"
+            " one), or PAGERAG_API_KEYS to hold one of the server's keys"
+        )
     raise ServerFailed(f"the PageRAG server at {url} answered {status}: {message}")

@@ -198,7 +198,30 @@ def test_a_wrong_key_says_which_setting(server: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PAGERAG_API_KEYS", "not-the-key")
     code, _, stderr = invoke("docs", "list")
     assert code == EXIT_CONFIG and "answered 401" in stderr
-    assert "PAGERAG_API_KEYS must hold one of the server's keys" in one_line(stderr)
+    assert "PAGERAG_API_KEYS to hold one of the server's keys" in one_line(stderr)
+    assert "set PAGERAG_KEY to a key of the server" in one_line(stderr)
+
+
+def test_a_scoped_key_from_pagerag_key(
+    server: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rag.config import Settings
+    from rag.keys import add_key, keys_path, remove_key
+
+    keys = keys_path(Settings())
+    reader = add_key(keys, "cli-reader", "read", ["default"])  # the server re-reads the file
+    try:
+        monkeypatch.delenv("PAGERAG_API_KEYS")
+        monkeypatch.setenv("PAGERAG_KEY", reader)
+        code, stdout, _ = invoke("docs", "list", "--json")
+        assert code == 0 and len(json.loads(stdout)) == 2
+        make_pdf(tmp_path / "memo.pdf", ["a memo"])
+        code, _, stderr = invoke("ingest", str(tmp_path / "memo.pdf"))
+        assert code == EXIT_CONFIG and "answered 403" in stderr
+        assert "key 'cli-reader' may only read library 'default'" in one_line(stderr)
+        assert json.loads(invoke("docs", "list", "--json")[1]) == json.loads(stdout)
+    finally:
+        remove_key(keys, "cli-reader")
 
 
 def test_the_cli_looks_where_the_server_announces_itself() -> None:
