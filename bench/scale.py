@@ -1,6 +1,6 @@
 """The default vector storage at a size whose page file would not fit on disk (300k pages).
 
-    python bench/scale.py --pages 300000 --json > docs/scale-300k.json
+    python bench/scale.py --pages 300000 --json > docs/bench-scale-300k.json
 
 bench/retrieval.py keeps every synthetic page in a float16 file (~190 KB a page: 58 GB at
 300k) and reads it once per pass. Here each page is generated when it is needed (pages are a
