@@ -210,10 +210,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--brute-pages", type=int, default=10_000, help="pages the brute force is timed on"
     )
+    parser.add_argument(
+        "--prefetch",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[],
+        help="prefetch limits searched too, on the same index (besides the default)",
+    )
     args = parser.parse_args(argv)
     schema.storage(args.storage)
-    # What retrieval.bench_edge reads: no sweeps, no search_exact timing.
-    args.prefetch, args.ef, args.edge_exact = [], [], 0
+    # What retrieval.bench_edge reads: no HNSW ef sweep, no search_exact timing.
+    args.ef, args.edge_exact = [], 0
     args.index_dir = args.index_dir / f"{args.storage}-{args.pages}-seed{args.seed}"
     args.index_dir.mkdir(parents=True, exist_ok=True)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import gradio as gr
 
@@ -92,7 +91,7 @@ def build_ui(
 ) -> gr.Blocks:
     """The UI for `service`; uploads run through `jobs` and model work waits in `work` (the
     server's, when mounted there, so the UI and the API share one line and one job list).
-    `access`: the library picker and the key's role (None: one library, no keys)."""
+    `access`: the session's rights in this library (None: one library, no keys)."""
     settings = service.settings
     jobs = jobs or JobManager(service)
     work = work or WorkQueue(settings.queue_size, settings.request_timeout)
@@ -101,8 +100,6 @@ def build_ui(
         title="PageRAG", analytics_enabled=False, fill_width=True, delete_cache=(3600, 86400)
     ) as demo:
         gr.Markdown(INTRO)
-        if access is not None:
-            _library_picker(demo, access)
         # A model downloading (its progress, what works meanwhile) or unable to load (why, and
         # the setting to change); empty otherwise.
         banner = gr.Markdown(elem_id="banner", label="banner")
@@ -148,27 +145,6 @@ def _wire_banner(
     ask, lib = tabs
     for trigger in (ask["send"].click, ask["question"].submit, ask["find"].click, lib["add"].click):
         trigger(lambda: gr.Timer(active=True), None, timer, **quiet)
-
-
-def _library_picker(demo: gr.Blocks, access: Access) -> None:
-    """Links to the libraries this session's key may open, the one shown in bold. Plain links,
-    relative to this page (a server behind a path prefix keeps working): an event that only
-    runs JavaScript would break the Stop button's cancelling (gradio 6.31)."""
-    picker = gr.Markdown(elem_id="library-picker", label="libraries")
-
-    def link(name: str) -> str:
-        if name == access.library:
-            return f"**{name}**"
-        here_is_root = access.library == access.root
-        up = "" if here_is_root else "../../"
-        href = up if name == access.root else f"{up}libraries/{quote(name)}/"
-        return f"[{name}]({href or './'})"
-
-    def links(request: gr.Request) -> str:
-        names = access.readable(request.username) or [access.library]
-        return "Library: " + " · ".join(link(n) for n in names)
-
-    demo.load(links, None, picker, api_visibility=PRIVATE, show_progress="hidden")
 
 
 def _refusal(

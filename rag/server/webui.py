@@ -4,9 +4,8 @@ job manager and the server's one model queue, behind the same keys as the REST A
 
 Gradio knows a logged-in session only by the user name typed at login, so that name is the
 identity (`Sessions`): a keys-file key logs in under its own name (`pagerag keys list`), a
-PAGERAG_API_KEYS key under any other name. A UI login needs read access to that library; the
-page then offers the libraries the key may open and, to a read key, no controls that change
-anything (the events refuse them as well).
+PAGERAG_API_KEYS key under any other name. A UI login needs read access to that library, and
+the events that change it refuse a read key.
 """
 
 from __future__ import annotations

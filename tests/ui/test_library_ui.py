@@ -99,7 +99,7 @@ def test_library_uis_follow_the_keys(
         assert report.startswith("**Not added:**") and "may only read library 'default'" in report
         assert at_root.predict(api_name="/documents") == []
 
-        # The root key opens every library's UI under any name; the picker lists what a
+        # The root key opens every library's UI under any name; the list of what a
         # session's key may open.
         assert ui(f"{url}/libraries/b", "admin", "root-key").predict(api_name="/documents") == []
         webui = app.state.webui
