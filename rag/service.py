@@ -699,9 +699,9 @@ def _pooled(embeddings: list[Any], factor: int) -> list[Any]:
     the factor belongs to the index (its metadata), and one retriever serves every library."""
     if factor <= 1:
         return embeddings
-    from rag.models.retriever import pool_pages  # torch: only when pooling is on
+    from rag.models.retriever import pool_page  # torch: only when pooling is on
 
-    return pool_pages(embeddings, factor)
+    return [pool_page(page, factor) for page in embeddings]
 
 
 class _Locked:

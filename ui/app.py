@@ -17,7 +17,6 @@ filter by last, so older clients that send none still work.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -70,16 +69,10 @@ POLL_SECONDS = 2.0  # the Library tab's refresh while an ingestion job runs
 BANNER_SECONDS = 2.0  # the banner's refresh while a model loads or downloads
 
 
-@dataclass(frozen=True)
-class Access:
-    """What the logged-in session may do, for a UI the server mounts per library. The session
-    is known by the user name it logged in with (`gr.Request.username`)."""
-
-    library: str  # the library this UI shows
-    root: str  # the library of the UI at the server's root
-    readable: Callable[[str | None], list[str]]  # the libraries the session may open
-    # Raises a UserError naming the key it needs unless the session may act as `role` here.
-    check: Callable[[str | None, str, str], None]  # (user name, role, action)
+# What a UI the server mounts for a library checks before a change: raises a UserError naming
+# the key needed unless the session (known by its login name, `gr.Request.username`) may do
+# `action` ("uploading") there.
+Access = Callable[[str | None, str], None]
 
 
 def build_ui(
@@ -147,17 +140,14 @@ def _wire_banner(
         trigger(lambda: gr.Timer(active=True), None, timer, **quiet)
 
 
-def _refusal(
-    access: Access | None, request: gr.Request | None, action: str, toast: bool = True
-) -> str | None:
-    """Why this session may not change the library (`action`: "uploading"), or None."""
+def _refusal(access: Access | None, request: gr.Request | None, action: str) -> str | None:
+    """Why this session may not change the library (`action`: "uploading"), shown as a toast
+    too; None when it may."""
     if access is None:
         return None
     try:
-        access.check(getattr(request, "username", None), "write", action)
+        access(getattr(request, "username", None), action)
     except Exception as exc:
-        if not toast and actions.problem(exc) is not None:
-            return str(exc)
         return _warn(exc)
     return None
 

@@ -259,14 +259,16 @@ class EdgeIndex(core.QdrantIndex):
             "index first."
         )
 
+    def _config(self) -> EdgeConfig:
+        return edge_config(self.storage, self._cached_codes)
+
     def _materialise(self) -> None:
         """Close and load the shard again, now, while there is room (see `_open`): the first
         load of a new appendable segment reads its payload indexes' preallocated files whole
         whatever their placement, which on tmpfs allocates them (measured: 26 MB for our 5
         indexes). Done here, that load cannot be the one that meets a full disk later."""
         self._shard.close()
-        config = edge_config(self.storage, self._cached_codes)
-        self._shard = EdgeShard.load(str(self.path / "shard"), config)
+        self._shard = EdgeShard.load(str(self.path / "shard"), self._config())
 
     def _open(self, shard_dir: Path, disk_reserve_mb: int) -> EdgeShard:
         """Load the shard, or create it; never let Edge die of SIGBUS on a full disk.
@@ -292,7 +294,7 @@ class EdgeIndex(core.QdrantIndex):
             # Creating writes the first pages of every file: never on an (almost) full disk.
             require_free(self.path, disk_reserve_mb, what="creating the index")
             self.path.mkdir(parents=True, exist_ok=True)
-            return EdgeShard.create(str(shard_dir), edge_config(self.storage, self._cached_codes))
+            return EdgeShard.create(str(shard_dir), self._config())
         holes = _sparse_bytes(shard_dir)
         free = free_bytes(shard_dir)
         if free < holes and (died := _probe_load(shard_dir)):
@@ -303,7 +305,7 @@ class EdgeIndex(core.QdrantIndex):
                 "PAGERAG_DATA_DIR to a larger disk; nothing stored is lost."
             )
         # Loading with our config makes Edge check the stored vectors against it.
-        return EdgeShard.load(str(shard_dir), edge_config(self.storage, self._cached_codes))
+        return EdgeShard.load(str(shard_dir), self._config())
 
     # -- metadata -------------------------------------------------------------------------
 

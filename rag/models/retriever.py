@@ -202,11 +202,6 @@ class Retriever:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def pool_pages(pages: Sequence[PageEmbedding], factor: int) -> list[PageEmbedding]:
-    """`pool_page` on each page (PAGERAG_POOL_FACTOR; 1 leaves them as they are)."""
-    return [pool_page(page, factor) for page in pages]
-
-
 def pool_page(emb: PageEmbedding, factor: int) -> PageEmbedding:
     """The page's image-token rows merged into about 1/factor as many by colpali-engine's
     hierarchical pooler (Ward clustering; each row the unit mean of one cluster's patches).
@@ -337,4 +332,4 @@ def _load_processor(
     return processor
 
 
-__all__ = ["EmbeddingError", "ModelLoadError", "Retriever", "pool_page", "pool_pages"]
+__all__ = ["EmbeddingError", "ModelLoadError", "Retriever", "pool_page"]

@@ -108,7 +108,7 @@ class WebUI:
         """Mount the UI of `service` on `app` at `/`; returns Gradio's own app."""
         import gradio as gr
 
-        from ui.app import CSS, THEME, Access, build_ui
+        from ui.app import CSS, THEME, build_ui
 
         settings: Settings = service.settings
         library = settings.library
@@ -116,13 +116,11 @@ class WebUI:
         if self.ring.enabled:
             kwargs["auth"] = lambda user, key: self.sessions.login(user, key, library)
             kwargs["auth_message"] = LOGIN_MESSAGE.format(library=library)
-        access = Access(
-            library=library,
-            root=self.root_library,
-            readable=self._readable,
-            check=lambda user, role, action: self._check(user, library, role, action),
-        )
-        blocks = build_ui(service, jobs=self.jobs_for(service), work=self.work, access=access)
+
+        def may_change(user: str | None, action: str) -> None:
+            self._check(user, library, "write", action)
+
+        blocks = build_ui(service, jobs=self.jobs_for(service), work=self.work, access=may_change)
         root = self.libraries.root
         gr.mount_gradio_app(
             app,
@@ -153,10 +151,6 @@ class WebUI:
         # Gradio's own app (its login tokens) is the app of the mount at "" (routes are typed
         # BaseRoute, which has no `.app`).
         return next(r.app for r in app.routes if getattr(r, "path", None) == "")  # type: ignore[attr-defined]
-
-    def _readable(self, username: str | None) -> list[str]:
-        principal = self.sessions.principal(username)
-        return principal.visible(self.libraries.names()) if principal else []
 
     def _check(self, username: str | None, library: str, role: str, action: str) -> None:
         principal = self.sessions.principal(username)

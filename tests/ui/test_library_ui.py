@@ -102,9 +102,9 @@ def test_library_uis_follow_the_keys(
         # The root key opens every library's UI under any name; the list of what a
         # session's key may open.
         assert ui(f"{url}/libraries/b", "admin", "root-key").predict(api_name="/documents") == []
-        webui = app.state.webui
-        assert webui._readable("a-reader") == ["a"]
-        assert webui._readable("admin") == ["default", "a", "b"]
+        webui, names = app.state.webui, app.state.libraries.names()
+        assert webui.sessions.principal("a-reader").visible(names) == ["a"]
+        assert webui.sessions.principal("admin").visible(names) == ["default", "a", "b"]
 
         # The guard's checks apply under a library's path as at the root.
         proxy = httpx.get(f"{a_ui}/gradio_api/file=http://127.0.0.1:1/x")
