@@ -216,11 +216,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=[],
         help="prefetch limits searched too, on the same index (besides the default)",
     )
+    parser.add_argument(
+        "--graph",
+        type=lambda s: tuple(int(x) for x in s.split(":")),
+        default=(schema.HNSW_M, schema.HNSW_EF_CONSTRUCT),
+        help="M:EF_CONSTRUCT of the pooled vectors' HNSW graph, fixed when the index is made",
+    )
     args = parser.parse_args(argv)
     schema.storage(args.storage)
+    schema.VECTOR_HNSW_M[schema.CLUSTERS], schema.HNSW_EF_CONSTRUCT = args.graph
     # What retrieval.bench_edge reads: no HNSW ef sweep, no search_exact timing.
     args.ef, args.edge_exact = [], 0
-    args.index_dir = args.index_dir / f"{args.storage}-{args.pages}-seed{args.seed}"
+    m, ef_construct = args.graph
+    graph = (
+        "" if args.graph == (schema.HNSW_M, schema.HNSW_EF_CONSTRUCT) else f"-m{m}-ef{ef_construct}"
+    )
+    args.index_dir = args.index_dir / f"{args.storage}{graph}-{args.pages}-seed{args.seed}"
     args.index_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -239,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows_per_page": ROWS,
         "machine": machine(),
         "storage": args.storage,
+        "graph_m_ef_construct": args.graph,
         "ground_truth": {
             k: round(float(v), 4)
             for k, v in truth.items()

@@ -81,10 +81,12 @@ def build_ui(
     jobs: JobManager | None = None,
     work: WorkQueue | None = None,
     access: Access | None = None,
+    libraries_url: str | None = None,
 ) -> gr.Blocks:
     """The UI for `service`; uploads run through `jobs` and model work waits in `work` (the
     server's, when mounted there, so the UI and the API share one line and one job list).
-    `access`: the session's rights in this library (None: one library, no keys)."""
+    `access`: the session's rights in this library (None: one library, no keys).
+    `libraries_url`: the server's page of the libraries this session may open."""
     settings = service.settings
     jobs = jobs or JobManager(service)
     work = work or WorkQueue(settings.queue_size, settings.request_timeout)
@@ -92,7 +94,10 @@ def build_ui(
     with gr.Blocks(
         title="PageRAG", analytics_enabled=False, fill_width=True, delete_cache=(3600, 86400)
     ) as demo:
-        gr.Markdown(INTRO)
+        intro = INTRO
+        if libraries_url is not None:
+            intro += f" Library: **{settings.library}** ([other libraries]({libraries_url}))."
+        gr.Markdown(intro, elem_id="intro")
         # A model downloading (its progress, what works meanwhile) or unable to load (why, and
         # the setting to change); empty otherwise.
         banner = gr.Markdown(elem_id="banner", label="banner")

@@ -67,7 +67,9 @@ def image_grid(emb: PageEmbedding) -> np.ndarray | None:
     return tokens.reshape(rows, cols, -1)  # row-major, as ColQwen2 lays out the merged patches
 
 
-def pool_clusters(emb: PageEmbedding, iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
+def pool_clusters(
+    emb: PageEmbedding, iterations: int = KMEANS_ITERATIONS, group: int = ROW_GROUP
+) -> np.ndarray:
     """What the index stores: spherical k-means of the image tokens, seeded by `pool_rows`.
 
     (ceil(rows / ROW_GROUP), d) float32 unit vectors, 12 for a 24x31 grid. The row bands are a
@@ -83,7 +85,7 @@ def pool_clusters(emb: PageEmbedding, iterations: int = KMEANS_ITERATIONS) -> np
         if grid is not None
         else np.asarray(emb.vectors, dtype=np.float32)
     )
-    centroids = pool_rows(emb)  # (k, d)
+    centroids = pool_rows(emb, group)  # (k, d)
     k = len(centroids)
     for _ in range(iterations):
         assign = np.argmax(tokens @ centroids.T, axis=1)  # (t,): nearest centroid by cosine

@@ -6,11 +6,16 @@ Gradio knows a logged-in session only by the user name typed at login, so that n
 identity (`Sessions`): a keys-file key logs in under its own name (`pagerag keys list`), a
 PAGERAG_API_KEYS key under any other name. A UI login needs read access to that library, and
 the events that change it refuse a read key.
+
+Each UI links to the libraries its session may open (`LIST_PATH` under the UI's own path: the
+login cookie of a library's UI is scoped to that path). The list is a plain page rendered
+here, not a Gradio event: a load event that fetched it raced the page's other events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +23,9 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
-from starlette.responses import PlainTextResponse, RedirectResponse
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from rag.config import Settings
@@ -30,6 +36,7 @@ from rag.server.jobs import JobManager
 from rag.server.modelqueue import WorkQueue
 from rag.service import PageRAG
 
+LIST_PATH = "/libraries"  # under a UI's path: the libraries its session may open
 LOGIN_MESSAGE = (
     "User name: the key's name (`pagerag keys list`), or any other name for a PAGERAG_API_KEYS "
     "key. Password: the key. It must be allowed to read library '{library}'."
@@ -100,7 +107,9 @@ class WebUI:
         self.ring = ring
         self._apps: dict[str, tuple[Any, Any, contextlib.AsyncExitStack]] = {}
         self._making = anyio.Lock()
-        # Before the catch-all mount at /: library UIs, made on first use.
+        # Before the catch-all mount at /: the list seen from the UI at /, library UIs (made
+        # on first use).
+        app.router.routes.append(Route(LIST_PATH, self._list_page, methods=["GET"]))
         app.router.routes.append(Mount("/libraries/{library}", app=self._dispatch))
         self._root_gradio = self._mount(app, service)
 
@@ -120,7 +129,14 @@ class WebUI:
         def may_change(user: str | None, action: str) -> None:
             self._check(user, library, "write", action)
 
-        blocks = build_ui(service, jobs=self.jobs_for(service), work=self.work, access=may_change)
+        ui_path = "" if library == self.root_library else f"/libraries/{library}"
+        blocks = build_ui(
+            service,
+            jobs=self.jobs_for(service),
+            work=self.work,
+            access=may_change,
+            libraries_url=ui_path + LIST_PATH,
+        )
         root = self.libraries.root
         gr.mount_gradio_app(
             app,
@@ -160,17 +176,48 @@ class WebUI:
 
     def logged_in(self, jar: dict[str, str], library: str | None) -> bool:
         """Whether `jar` holds a login token of the UI of `library` (None: the one at /)."""
+        return self._user(jar, library) is not None
+
+    def _user(self, jar: dict[str, str], library: str | None) -> str | None:
+        """The user name logged in to the UI of `library` with a token in `jar`, if any."""
         if library is None or library == self.root_library:
             gradio = self._root_gradio
         elif library in self._apps:
             gradio = self._apps[library][1]
         else:
-            return False
+            return None
         cookie_id = gradio.cookie_id
         token = jar.get(f"access-token-{cookie_id}") or jar.get(
             f"access-token-unsecure-{cookie_id}"
         )
-        return token is not None and token in gradio.tokens
+        return gradio.tokens.get(token) if token is not None else None
+
+    def _ui_url(self, name: str) -> str:
+        return "/" if name == self.root_library else f"/libraries/{name}/"
+
+    async def _list_page(self, request: Request, library: str | None = None) -> HTMLResponse:
+        """The libraries the session logged in to the UI of `library` may open, as links."""
+        here = library or self.root_library
+        if self.ring.enabled:
+            user = self._user(dict(request.cookies), library)
+            principal = self.sessions.principal(user) if user is not None else None
+            if principal is None:
+                return _page(
+                    "Log in first",
+                    f'<p>Log in to <a href="{self._ui_url(here)}">this library\'s web UI</a> '
+                    "(a key is the password), then come back here.</p>",
+                    401,
+                )
+        else:
+            principal = EVERYTHING
+        names = principal.visible(await anyio.to_thread.run_sync(self.libraries.names))
+        items = "".join(
+            f'<li><a href="{self._ui_url(name)}">{html.escape(name)}</a>'
+            + (" (this one)" if name == here else "")
+            + "</li>"
+            for name in names
+        )
+        return _page("Libraries", f"<ul>{items}</ul>" if items else "<p>None you may open.</p>")
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = scope.get("path_params", {}).get("library", "")
@@ -179,6 +226,11 @@ class WebUI:
             await RedirectResponse(root + "/")(scope, receive, send)
             return
         target = await self._app_for(name)
+        inner = scope["path"].removeprefix(scope.get("root_path", ""))
+        if target is not None and inner == LIST_PATH and scope["type"] == "http":
+            page = await self._list_page(Request(scope, receive), name)
+            await page(scope, receive, send)
+            return
         if target is None:
             answer = PlainTextResponse(
                 f"No library {name!r} on this server: `pagerag libraries list` names them, "
@@ -218,6 +270,15 @@ class WebUI:
         for _, _, stack in self._apps.values():
             await stack.aclose()
         self._apps.clear()
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+        f'content="width=device-width"><title>PageRAG: {title}</title></head><body>'
+        f"<h1>{title}</h1>{body}</body></html>",
+        status,
+    )
 
 
 def private_paths(settings: Settings) -> list[Path]:

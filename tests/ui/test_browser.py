@@ -193,7 +193,9 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         chips.nth(1).click()
         page.wait_for_selector("#pages .preview")
 
-        # Stop ends an answer being written; the partial text stays, marked.
+        # Stop ends an answer being written; the partial text stays, marked. (The first
+        # answer's chain ends by disabling Stop: wait for it, or it could land mid-answer.)
+        page.wait_for_function("document.querySelector('#stop-button').disabled")
         page.locator("#show-map input").uncheck()
         page.locator("#question textarea").fill("And the revenue?")
         page.locator("#ask-button").click()
@@ -215,7 +217,7 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         page.locator("#documents [role=gridcell]", has_text="quarterly-report.pdf").first.click()
         page.get_by_text("Edit title and tags").click()
         title = page.locator("#edit-title input")
-        page.wait_for_function("document.querySelector('#edit-title input').value !== ''")
+        page.wait_for_function("(document.querySelector('#edit-title input')?.value || '') !== ''")
         title.fill("Quarterly report")
         page.locator("#edit-tags input").fill("finance, q4")
         page.locator("#edit-save").click()
@@ -402,7 +404,16 @@ def test_the_three_tabs_fit_a_phone(
 
         page.get_by_role("tab", name="Status").click()
         page.wait_for_function("document.querySelector('#status').innerText.includes('Retriever')")
-        status = page.evaluate(LAYOUT_PROBLEMS, ["#status"])
+        status = page.evaluate(LAYOUT_PROBLEMS, ["#status", "#intro"])
         page.screenshot(path=str(tmp_path / "ui-phone-status.png"), full_page=True)
+
+        # The header's link to the other libraries: a plain page listing what this session
+        # may open (here the one library, the UI at /).
+        link = page.locator("#intro a", has_text="other libraries").get_attribute("href")
+        assert link == "/libraries"
+        page.goto(url + link)  # (Gradio opens Markdown links in a new tab)
+        page.wait_for_selector("h1:text('Libraries')")
+        listed = page.locator("li a")
+        assert listed.all_inner_texts() == ["default"] and listed.get_attribute("href") == "/"
         page.close()
     assert (banner, ask, library, status) == ([], [], [], [])
