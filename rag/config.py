@@ -129,6 +129,7 @@ class Settings(BaseSettings):
             "float16",
             "turbo8",
             "turbo8-pooled8",
+            "turbo8-pooled4",
             "turbo8-pooled-int8",
             "turbo4",
             "int8",

@@ -74,6 +74,7 @@ STORAGES: dict[str, Storage] = {
     "float16": Storage(VectorStorage("float16")),
     "turbo8": Storage(VectorStorage("turbo8")),
     "turbo8-pooled8": Storage(VectorStorage("turbo8"), VectorStorage("turbo8")),
+    "turbo8-pooled4": Storage(VectorStorage("turbo8"), VectorStorage("turbo4")),
     "turbo8-pooled-int8": Storage(VectorStorage("turbo8"), VectorStorage("float16", "int8")),
     "turbo4": Storage(VectorStorage("turbo4")),
     "int8": Storage(VectorStorage("float16", "int8"), oversampling=2.0),

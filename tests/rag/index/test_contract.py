@@ -591,7 +591,7 @@ def test_pages_without_visual_vectors_then_add_visual(opener: Opener, text_corpu
 
 # Primary storages: what they keep is what search_exact scores (the quantized options score
 # codes and rescore only the best, so their search is approximate by design).
-PRIMARY_STORAGES = ["float16", "turbo8"]
+PRIMARY_STORAGES = ["float16", "turbo8", "turbo8-pooled4"]
 
 
 @pytest.mark.parametrize("storage", PRIMARY_STORAGES)
