@@ -287,6 +287,25 @@ def run_queries(
     }
 
 
+DEFAULT_GRAPH = (schema.HNSW_M, schema.HNSW_EF_CONSTRUCT)
+
+
+def add_graph_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--graph",
+        type=lambda s: tuple(int(x) for x in s.split(":")),
+        default=DEFAULT_GRAPH,
+        help="M:EF_CONSTRUCT of the pooled vectors' HNSW graph, fixed when the index is made "
+        f"(default {schema.HNSW_M}:{schema.HNSW_EF_CONSTRUCT})",
+    )
+
+
+def use_graph(graph: tuple[int, int]) -> None:
+    """Make (and open) indexes with this graph: Edge adopts the config an index is loaded with,
+    so a process that opens an index must set the graph it was built with."""
+    schema.VECTOR_HNSW_M[schema.CLUSTERS], schema.HNSW_EF_CONSTRUCT = graph
+
+
 def build_edge(path: Path, ds: Dataset, batch: int, storage: str) -> dict[str, Any]:
     """Upsert every page into a new EdgeIndex at `path` and optimise it; build figures."""
     n = len(ds.pages)
@@ -382,8 +401,7 @@ def edge_child(
     """In a fresh process (see `bench_storages`), on the data set the parent generated: build
     the index (`truth` None), or open it and measure the searches."""
     torch.set_num_threads(nproc())
-    if args.graph:  # a graph other than the default: what the index is created with
-        schema.VECTOR_HNSW_M[schema.CLUSTERS], schema.HNSW_EF_CONSTRUCT = args.graph
+    use_graph(args.graph)
     ds = synthetic.build(args.data_dir, args.pages, args.queries, args.seed)
     if truth is None:
         ensure_built(ds, args, storage, path)
@@ -517,13 +535,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="vector storages (rag/index/schema.py STORAGES), each built as its own index on "
         f"the same pages; the first gives the top-level figures (default {schema.DEFAULT_STORAGE})",
     )
-    parser.add_argument(
-        "--graph",
-        type=lambda s: tuple(int(x) for x in s.split(":")),
-        default=None,
-        help="M:EF_CONSTRUCT of the pooled vectors' HNSW graph (default "
-        f"{schema.HNSW_M}:{schema.HNSW_EF_CONSTRUCT})",
-    )
+    add_graph_option(parser)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -536,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows_per_page": ROWS,
         "grid": GRID,
         "machine": machine(),
-        "graph_m_ef_construct": args.graph or (schema.HNSW_M, schema.HNSW_EF_CONSTRUCT),
+        "graph_m_ef_construct": args.graph,
         "generate_s": round(ds.generate_seconds, 1),
         "load_avg_start": os.getloadavg(),
     }

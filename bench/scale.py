@@ -175,8 +175,7 @@ def brute_force(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
 def search_child(args: argparse.Namespace, truth: np.ndarray, path: Path) -> dict[str, Any]:
     """In a fresh process: open the index and measure searches (retrieval.bench_edge)."""
     torch.set_num_threads(nproc())
-    # Opened with the graph it was built with (Edge adopts the config an index is loaded with).
-    schema.VECTOR_HNSW_M[schema.CLUSTERS], schema.HNSW_EF_CONSTRUCT = args.graph
+    retrieval.use_graph(args.graph)
     return retrieval.bench_edge(dataset(args), truth, args, args.storage, path)
 
 
@@ -224,21 +223,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=[],
         help="HNSW ef values searched too, with each --prefetch limit (default: PAGERAG_HNSW_EF)",
     )
-    parser.add_argument(
-        "--graph",
-        type=lambda s: tuple(int(x) for x in s.split(":")),
-        default=(schema.HNSW_M, schema.HNSW_EF_CONSTRUCT),
-        help="M:EF_CONSTRUCT of the pooled vectors' HNSW graph, fixed when the index is made",
-    )
+    retrieval.add_graph_option(parser)
     args = parser.parse_args(argv)
     schema.storage(args.storage)
-    schema.VECTOR_HNSW_M[schema.CLUSTERS], schema.HNSW_EF_CONSTRUCT = args.graph
+    retrieval.use_graph(args.graph)
     # What retrieval.bench_edge reads besides: no search_exact timing.
     args.edge_exact = 0
     m, ef_construct = args.graph
-    graph = (
-        "" if args.graph == (schema.HNSW_M, schema.HNSW_EF_CONSTRUCT) else f"-m{m}-ef{ef_construct}"
-    )
+    graph = "" if args.graph == retrieval.DEFAULT_GRAPH else f"-m{m}-ef{ef_construct}"
     args.index_dir = args.index_dir / f"{args.storage}{graph}-{args.pages}-seed{args.seed}"
     args.index_dir.mkdir(parents=True, exist_ok=True)
 

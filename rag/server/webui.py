@@ -129,13 +129,12 @@ class WebUI:
         def may_change(user: str | None, action: str) -> None:
             self._check(user, library, "write", action)
 
-        ui_path = "" if library == self.root_library else f"/libraries/{library}"
         blocks = build_ui(
             service,
             jobs=self.jobs_for(service),
             work=self.work,
             access=may_change,
-            libraries_url=ui_path + LIST_PATH,
+            libraries_url=self._ui_url(library).rstrip("/") + LIST_PATH,
         )
         root = self.libraries.root
         gr.mount_gradio_app(
