@@ -74,7 +74,7 @@ class State:
     def __init__(self, path: Path, queries: np.ndarray):
         self.path = path
         self.done = 0
-        self.upsert_s = self.generate_wait_s = 0.0
+        self.upsert_s = self.generate_wait_s = self.optimize_s = 0.0
         self.found = retrieval.Candidates(queries)
 
     def save(self) -> None:
@@ -84,6 +84,7 @@ class State:
             done=self.done,
             upsert_s=self.upsert_s,
             generate_wait_s=self.generate_wait_s,
+            optimize_s=self.optimize_s,
             best_s=self.found.best_s,
             best_i=self.found.best_i,
         )
@@ -96,6 +97,7 @@ class State:
             self.done = int(saved["done"])
             self.upsert_s = float(saved["upsert_s"])
             self.generate_wait_s = float(saved["generate_wait_s"])
+            self.optimize_s = float(saved.get("optimize_s", 0.0))
             self.found.best_s, self.found.best_i = saved["best_s"], saved["best_i"]
 
 
@@ -128,14 +130,13 @@ def build(ds: Dataset, args: argparse.Namespace, path: Path) -> dict[str, Any]:
                 began = time.perf_counter()
                 index.flush()
                 state.upsert_s += time.perf_counter() - began
+                if args.optimize_every and end % args.optimize_every < args.chunk and end < n:
+                    state.optimize_s += optimize(index, end)
                 state.done = end
                 state.save()
                 log(f"  {end}/{n} pages ({end / max(state.upsert_s, 1e-9):.0f} pages/s upserting)")
             waited = time.perf_counter()
-        log("optimising")
-        began = time.perf_counter()
-        index.optimize()
-        optimize_s = time.perf_counter() - began
+        optimize_s = state.optimize_s + optimize(index, n)
         peak = index.bytes_on_disk()
         index.close()
         log(f"optimised in {optimize_s:.0f} s; rescoring the reference candidates")
@@ -154,6 +155,16 @@ def build(ds: Dataset, args: argparse.Namespace, path: Path) -> dict[str, Any]:
     (path / "bench-build.json").write_text(json.dumps({"pages": n, "build": build_out}))
     np.savez(path / "bench-truth.npz", **truth)
     return truth
+
+
+def optimize(index: EdgeIndex, pages: int) -> float:
+    """`index.optimize()` as `pagerag ingest` runs it after a job; its seconds."""
+    log(f"optimising at {pages} pages")
+    began = time.perf_counter()
+    index.optimize()
+    spent = time.perf_counter() - began
+    log(f"  optimised in {spent:.0f} s: {index._shard.info().segments_count} segments")
+    return spent
 
 
 def brute_force(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
@@ -206,6 +217,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--chunk", type=int, default=1024, help="pages generated at once (and brute-forced)"
     )
     parser.add_argument("--checkpoint", type=int, default=4096, help="pages between flushes")
+    parser.add_argument(
+        "--optimize-every",
+        type=int,
+        default=0,
+        help="pages between optimiser runs during the pass, as ingest jobs of that size "
+        "would (0: once, at the end)",
+    )
     parser.add_argument("--workers", type=int, default=nproc(), help="page generators")
     parser.add_argument("--exact-queries", type=int, default=3, help="brute-force timed queries")
     parser.add_argument(
@@ -225,13 +243,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     retrieval.add_graph_option(parser)
     args = parser.parse_args(argv)
+    if args.optimize_every % args.checkpoint:
+        parser.error("--optimize-every must be a multiple of --checkpoint")
     schema.storage(args.storage)
     retrieval.use_graph(args.graph)
     # What retrieval.bench_edge reads besides: no search_exact timing.
     args.edge_exact = 0
     m, ef_construct = args.graph
-    graph = "" if args.graph == retrieval.DEFAULT_GRAPH else f"-m{m}-ef{ef_construct}"
-    args.index_dir = args.index_dir / f"{args.storage}{graph}-{args.pages}-seed{args.seed}"
+    graph = f"-m{m}-ef{ef_construct}"
+    jobs = f"-opt{args.optimize_every}" if args.optimize_every else ""
+    args.index_dir /= f"{args.storage}{graph}{jobs}-{args.pages}-seed{args.seed}"
     args.index_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()

@@ -34,8 +34,13 @@ PREFETCH_LIMIT = 200
 # the limit buys back most of the recall the graph loses, for ~10 ms at 10k pages and ~50 ms
 # at 100k (recall@10 0.950 -> 0.974 and 0.920 -> 0.966 with 200 pages reranked).
 HNSW_EF = 1024
-HNSW_M = 16
-HNSW_EF_CONSTRUCT = 100
+# The graph's degree and build breadth. 32 / 200 rather than Qdrant's 16 / 100: at 100k pages
+# the 16 / 100 graph's 200 candidates held 0.962 of the exact top 10 where the clusters, scored
+# without a graph, hold 0.990; 32 / 200 holds 0.970 at a like p50, for ~25% more optimise time
+# (docs/BENCHMARKS.md "Denser graphs"). Edge adopts a changed graph when it loads an index and
+# builds it on the next optimise, so an existing index needs no rebuild.
+HNSW_M = 32
+HNSW_EF_CONSTRUCT = 200
 
 # The dense vectors, each a MaxSim multivector of DIM-wide unit rows (dot product) stored as
 # `VectorStorage` says: name -> degree of its HNSW graph (m=0: no graph, the vector is only
