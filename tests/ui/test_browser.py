@@ -108,7 +108,7 @@ def screenshot(page: Any, tmp_path: Path, name: str) -> None:
 
 
 def test_upload_ask_stream_gallery_and_similarity_map(
-    browser: Any, service: PageRAG, tmp_path: Path
+    browser: Any, service: PageRAG, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     files = [make_pdf(tmp_path / "in" / "quarterly-report.pdf", ["Revenue 2015", "Costs 2015"])]
     table = CORPUS / "nics-background-checks-2015-11.pdf"
@@ -195,7 +195,11 @@ def test_upload_ask_stream_gallery_and_similarity_map(
 
         # Stop ends an answer being written; the partial text stays, marked. (The first
         # answer's chain ends by disabling Stop: wait for it, or it could land mid-answer.)
+        # Chunks come 2.5 s apart now: a busy machine could otherwise finish the answer before
+        # the click lands, and Stop would have nothing to stop.
         page.wait_for_function("document.querySelector('#stop-button').disabled")
+        service.generator.delay = 2.5
+        request.addfinalizer(lambda: setattr(service.generator, "delay", 0.15))
         page.locator("#show-map input").uncheck()
         page.locator("#question textarea").fill("And the revenue?")
         page.locator("#ask-button").click()
@@ -206,8 +210,10 @@ def test_upload_ask_stream_gallery_and_similarity_map(
         page.locator("#stop-button").click()
         page.wait_for_function("document.querySelector('#ask-note').innerText.includes('Stopped')")
         stopped = bot.last.inner_text()
-        page.wait_for_timeout(1000)  # a chunk every 0.15 s: the answer would have grown
+        page.wait_for_timeout(3000)  # a chunk every 2.5 s: the answer would have grown
         assert bot.last.inner_text() == stopped
+        assert service.generator.log[-1] == "start"  # closed mid-answer, not run to its end
+        service.generator.delay = 0.15
         assert page.locator("#stop-button").is_disabled()
         assert service._model_lock.acquire(timeout=10)  # the generation let the model go
         service._model_lock.release()
