@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -120,6 +121,10 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def held(downloads: list[dict[str, Any]] | None) -> bool:
+    return bool(downloads) and 0 < downloads[0]["bytes_done"] < downloads[0]["bytes_total"]
+
+
 def test_while_the_retriever_downloads_text_search_works_then_pages_get_vectors(
     tmp_path: Path,
     tiny_colqwen_dir: Path,
@@ -141,7 +146,9 @@ def test_while_the_retriever_downloads_text_search_works_then_pages_get_vectors(
             TestClient(create_app(svc, startup_paths=[docs], ui=False)) as c,
         ):
             try:
-                wait_for(lambda: c.get("/readyz").json().get("downloads"))
+                # Held halfway through the weights (small files before them may be done
+                # already: the total grows as each file starts).
+                wait_for(lambda: held(c.get("/readyz").json().get("downloads")))
                 ready = c.get("/readyz")
                 assert ready.status_code == 503 and ready.json()["status"] == "starting"
                 [download] = ready.json()["downloads"]
